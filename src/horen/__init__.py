@@ -1,0 +1,42 @@
+"""horen: lifelong editing of language models with HoReN (Normalized Hopfield Retrieval).
+
+Example:
+    >>> import horen
+    >>> model, tok = horen.load_model()                      # doctest: +SKIP
+    >>> ed = horen.HoReN(model, tok)
+    >>> ed.edit("Who leads Zorblat Industries?", "Mira Quell")
+    >>> ed.generate("Who is in charge of Zorblat Industries?")
+    >>> ed.save("my-edits"); ed = horen.HoReN.load(model, tok, "my-edits")
+"""
+
+from .codebook import Codebook
+from .data.record import EditRecord
+from .editors import (
+    GRACE,
+    METHODS,
+    Editor,
+    GraceNorm,
+    HoReN,
+    HoReNConfig,
+    HoReNMultiStep,
+    HoReNUnnormalized,
+    get_method,
+)
+from .models import ARCHITECTURES, load_model
+
+__all__ = [
+    "ARCHITECTURES",
+    "Codebook",
+    "EditRecord",
+    "Editor",
+    "GRACE",
+    "GraceNorm",
+    "HoReN",
+    "HoReNConfig",
+    "HoReNMultiStep",
+    "HoReNUnnormalized",
+    "METHODS",
+    "get_method",
+    "load_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""The codebook and its routing math: pure tensors, no model inside.
+
+Spec (``HOREN_SPEC.md``) to code:
+
+* keys and queries: :func:`pool` (mean of the last ceil(rho*n) prompt activations) then
+  :func:`normalize` (q = q_raw / ||q_raw||);
+* the damped Hopfield step: :func:`refine`
+  (p = softmax(beta K q), xi = normalize(K^T p), q <- normalize((1-alpha) q + alpha xi));
+* the match: :func:`route_cosine` (scores = K q, match iff max > tau) for HoReN and
+  :func:`route_euclid` (nearest key inside its deferral radius) for GRACE;
+* the storage: :class:`Codebook`, keys in one contiguous float32 matrix that grows
+  geometrically, one value per entry, a label (target string) and a stable id per entry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NO_MATCH = -1
+
+
+def pool(acts: torch.Tensor, mask: torch.Tensor, pool_ratio: float) -> torch.Tensor:
+    """Mean of the last ``k = max(ceil(pool_ratio * n), 1)`` real tokens of each row.
+
+    Args:
+        acts: ``(B, T, d)`` activations (any dtype; pooled in float32).
+        mask: ``(B, T)`` 1 for real prompt tokens, 0 for padding or non-prompt positions.
+        pool_ratio: rho in (0, 1].
+
+    Returns:
+        ``(B, d)`` float32 pooled activations.
+    """
+    mask = mask.to(torch.float32)
+    n = mask.sum(dim=1, keepdim=True)
+    k = torch.clamp(torch.ceil(n * pool_ratio - 1e-6), min=1.0)
+    from_end = torch.flip(torch.cumsum(torch.flip(mask, [1]), dim=1), [1])  # 1 = last token
+    weights = mask * (from_end <= k).to(torch.float32) / k
+    return torch.einsum("bt,btd->bd", weights, acts.to(torch.float32))
+
+
+def last_token(acts: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """``acts[b, last[b]]`` in float32 (GRACE's raw key)."""
+    return acts[torch.arange(acts.shape[0], device=acts.device), last].to(torch.float32)
+
+
+def normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Unit L2 norm along the last dimension."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def refine(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    beta: float = 20.0,
+    alpha: float = 0.1,
+    steps: int = 1,
+    eps: float = 1e-5,
+    normalized: bool = True,
+) -> torch.Tensor:
+    """Damped Hopfield refinement of queries ``q`` (B, d) against ``keys`` (K, d).
+
+    With ``normalized`` (HoReN) every iterate is put back on the unit sphere; without it
+    (the paper's ablation) the raw vectors are mixed. A row stops once the retrieved
+    pattern is within ``eps`` of its query.
+    """
+    if steps <= 0 or keys.shape[0] == 0:
+        return q
+    active = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+    for _ in range(steps):
+        p = torch.softmax(beta * (q @ keys.T), dim=-1)
+        xi = p @ keys
+        if normalized:
+            xi = normalize(xi)
+        active &= (xi - q).norm(dim=-1) >= eps
+        if not active.any():
+            break
+        step = (1 - alpha) * q + alpha * xi
+        if normalized:
+            step = normalize(step)
+        q = torch.where(active[:, None], step, q)
+    return q
+
+
+def route_cosine(q: torch.Tensor, keys: torch.Tensor, tau: float):
+    """Best entry by cosine (dot product of unit vectors); ``NO_MATCH`` where <= tau.
+
+    Returns:
+        ``(index, score)``: ``(B,)`` long entry indices (``NO_MATCH`` = -1) and ``(B,)`` best
+        cosine scores (``-inf`` for an empty codebook).
+    """
+    if keys.shape[0] == 0:
+        return _empty_route(q)
+    scores = normalize(q) @ normalize(keys).T
+    best, index = scores.max(dim=-1)
+    return torch.where(best > tau, index, NO_MATCH), best
+
+
+def route_euclid(q: torch.Tensor, keys: torch.Tensor, radii: torch.Tensor):
+    """GRACE: nearest key by Euclidean distance; a match iff it lies within that key's radius.
+
+    Returns:
+        ``(index, distance)`` with ``NO_MATCH`` where outside; distance ``inf`` when empty.
+    """
+    if keys.shape[0] == 0:
+        index, score = _empty_route(q)
+        return index, -score
+    dist = torch.cdist(q, keys)
+    best, index = dist.min(dim=-1)
+    return torch.where(best <= radii[index], index, NO_MATCH), best
+
+
+def _empty_route(q: torch.Tensor):
+    b = q.shape[0]
+    return (
+        torch.full((b,), NO_MATCH, dtype=torch.long, device=q.device),
+        torch.full((b,), -math.inf, device=q.device),
+    )
+
+
+class Codebook:
+    """Keys, values, labels, radii and stable ids of the stored entries.
+
+    Keys live in one contiguous ``(capacity, d_key)`` float32 matrix whose capacity doubles
+    when full; :attr:`keys` is the view of the ``len(self)`` used rows. Values are
+    ``(capacity, *value_shape)`` float32 rows. An entry's id never changes and is never
+    reused, even when other entries are removed.
+
+    Args:
+        d_key: key width (d_ff for HoReN).
+        value_shape: shape of one value (``(d_model,)`` for a direct value).
+        device: where the tensors live (the wrapped layer's device).
+    """
+
+    def __init__(self, d_key: int, value_shape: tuple[int, ...], device=None) -> None:
+        self.d_key, self.value_shape = d_key, tuple(value_shape)
+        self._keys = torch.zeros(0, d_key, device=device)
+        self._values = torch.zeros(0, *self.value_shape, device=device)
+        self._radii = torch.zeros(0, device=device)
+        self.labels: list[str] = []
+        self.ids: list[int] = []
+        self.next_id = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[: len(self)]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[: len(self)]
+
+    @property
+    def radii(self) -> torch.Tensor:
+        return self._radii[: len(self)]
+
+    @property
+    def device(self) -> torch.device:
+        return self._keys.device
+
+    def _reserve(self, n: int) -> None:
+        if n <= self._keys.shape[0]:
+            return
+        cap = max(n, 2 * self._keys.shape[0], 16)
+        used = len(self)
+        keys = self._keys.new_zeros(cap, self.d_key)
+        values = self._values.new_zeros(cap, *self.value_shape)
+        radii = self._radii.new_zeros(cap)
+        keys[:used], values[:used], radii[:used] = self.keys, self.values, self.radii
+        self._keys, self._values, self._radii = keys, values, radii
+
+    def add(self, key: torch.Tensor, value: torch.Tensor, label: str, radius: float = 0.0) -> int:
+        """Append an entry; returns its row index."""
+        row = len(self)
+        self._reserve(row + 1)
+        self._keys[row] = key.to(self._keys)
+        self._values[row] = value.to(self._values)
+        self._radii[row] = radius
+        self.labels.append(label)
+        self.ids.append(self.next_id)
+        self.next_id += 1
+        return row
+
+    def row(self, entry_id: int) -> int:
+        """Row index of the entry with stable id ``entry_id``."""
+        try:
+            return self.ids.index(entry_id)
+        except ValueError:
+            raise KeyError(f"no codebook entry with id {entry_id}") from None
+
+    def set_value(self, row: int, value: torch.Tensor) -> None:
+        self._values[row] = value.detach().to(self._values)
+
+    def set_radius(self, row: int, radius: float) -> None:
+        self._radii[row] = radius
+
+    def remove(self, row: int) -> None:
+        """Drop one entry, shifting later rows up (ids stay as they were)."""
+        n = len(self)
+        for buf in (self._keys, self._values, self._radii):
+            buf[row : n - 1] = buf[row + 1 : n].clone()
+        del self.labels[row], self.ids[row]
+
+    def to(self, device) -> "Codebook":
+        self._keys, self._values, self._radii = (
+            t.to(device) for t in (self._keys, self._values, self._radii)
+        )
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors to save (the labels and ids go in the JSON side)."""
+        return {
+            "keys": self.keys.contiguous().cpu(),
+            "values": self.values.contiguous().cpu(),
+            "radii": self.radii.contiguous().cpu(),
+        }
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], labels, ids, next_id) -> None:
+        device = self.device
+        n = len(labels)
+        if tensors["keys"].shape != (n, self.d_key):
+            raise ValueError(
+                f"saved keys have shape {tuple(tensors['keys'].shape)}, expected ({n}, {self.d_key})"
+            )
+        if tuple(tensors["values"].shape[1:]) != self.value_shape:
+            raise ValueError(
+                f"saved values have shape {tuple(tensors['values'].shape[1:])} per entry, "
+                f"expected {self.value_shape}"
+            )
+        self._keys = tensors["keys"].to(device, torch.float32).clone()
+        self._values = tensors["values"].to(device, torch.float32).clone()
+        self._radii = tensors["radii"].to(device, torch.float32).clone()
+        self.labels, self.ids, self.next_id = list(labels), [int(i) for i in ids], int(next_id)

@@ -1,0 +1,305 @@
+"""The editor contract, the method registry, configs and the saved-edits format.
+
+Every editing method is a subclass of :class:`Editor` registered with :func:`register`; the
+registry :data:`METHODS` is the single list of methods the CLI, the config loader and the
+benchmark read. Two families share the contract: wrapper editors (HoReN, GRACE) that swap a
+codebook layer in place of W, and weight-rewriting editors, which would save their deltas the
+same way.
+
+Adding a method: subclass :class:`Editor`, give it a ``method`` name and a ``config_class``
+dataclass, implement :meth:`Editor._apply` first (write one edit), then ``_remove``,
+``_state`` and ``_load_state``; decorate it with ``@register``.
+
+A saved edit set is a directory holding ``edit_config.json`` (method, config, the model's
+identity, the edit log) and ``edits.safetensors`` (tensors only). Nothing is pickled, so
+loading never runs code; saves are atomic (written beside, then swapped in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import warnings
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data.record import EditRecord
+from ..models import edit_site, fingerprint, prepare_tokenizer
+
+FORMAT = "horen-edits/1"
+METHODS: dict[str, type["Editor"]] = {}
+"""Method name -> editor class. Filled by :func:`register`."""
+
+
+def register(cls: type["Editor"]) -> type["Editor"]:
+    """Class decorator that makes a method known to the CLI, configs and benchmark."""
+    METHODS[cls.method] = cls
+    return cls
+
+
+def get_method(name: str) -> type["Editor"]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+@dataclasses.dataclass
+class EditorConfig:
+    """Base of every method's config: a dataclass that round-trips through JSON."""
+
+    layer: int | str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "decoder-layer index or dotted module path; None = family default"},
+    )
+    chat: bool = dataclasses.field(
+        default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed for value initialization"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EditorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Editor(ABC):
+    """An editing method applied to one frozen Hugging Face causal LM.
+
+    Args:
+        model: the causal LM (its parameters are frozen by the editor).
+        tokenizer: its tokenizer.
+        config: the method's config; ``**overrides`` replace single fields.
+
+    Attributes:
+        edits: the edit log, one dict per live edit: ``id``, ``prompt``, ``target``,
+            ``entry``, ``case``, ``time``, ``seconds`` (what :meth:`list_edits` returns).
+    """
+
+    method: ClassVar[str]
+    config_class: ClassVar[type[EditorConfig]] = EditorConfig
+
+    def __init__(self, model, tokenizer, config: EditorConfig | None = None, **overrides):
+        config = config or self.config_class()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.model, self.tokenizer = model, tokenizer
+        prepare_tokenizer(tokenizer)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.site = edit_site(model, self.config.layer)
+        self.edits: list[dict] = []
+        self.next_edit_id = 1
+
+    # ---- what a method implements -------------------------------------------------------
+    @abstractmethod
+    def _apply(self, record: EditRecord) -> dict:
+        """Write one edit; return its log fields (``entry``, ``case``, anything else)."""
+
+    @abstractmethod
+    def _remove(self, edit: dict) -> None:
+        """Undo one edit (it is the latest one touching what it touched)."""
+
+    @abstractmethod
+    def _state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """``(json_state, tensors)`` to save, besides the config and the edit log."""
+
+    @abstractmethod
+    def _load_state(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`_state` returned."""
+
+    @abstractmethod
+    @contextmanager
+    def disabled(self):
+        """The unedited base model, inside this block."""
+
+    def _conflicts(self, edit: dict) -> list[int]:
+        """Ids of later edits that build on ``edit`` (must go before it can)."""
+        return []
+
+    # ---- the public API ------------------------------------------------------------------
+    def edit(self, prompt: str, target: str, **fields) -> int:
+        """Apply one edit ``prompt -> target``; returns its stable edit id.
+
+        Example:
+            >>> ed.edit("Who leads Zorblat Industries?", "Mira Quell")  # doctest: +SKIP
+            1
+        """
+        return self.apply(EditRecord(prompt=prompt, target=target, **fields))
+
+    def apply(self, record: EditRecord) -> int:
+        """Apply one :class:`EditRecord`; returns its edit id."""
+        start = time.perf_counter()
+        info = self._apply(record)
+        edit = {
+            "id": self.next_edit_id,
+            "prompt": record.prompt,
+            "target": record.target,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.perf_counter() - start, 4),
+            **info,
+        }
+        self.edits.append(edit)
+        self.next_edit_id += 1
+        return edit["id"]
+
+    def batch_edit(
+        self,
+        prompts,
+        target_new,
+        rephrase_prompts=None,
+        locality_inputs=None,
+        subject=None,
+        sequential_edit: bool = True,
+        **_ignored,
+    ) -> list[int]:
+        """EasyEdit-style call: edits applied one after another; returns their ids.
+
+        ``rephrase_prompts`` and ``locality_inputs`` (EasyEdit's dict of
+        ``{name: {"prompt": [...], "ground_truth": [...]}}``) are kept on the records for
+        scoring; they do not change what is written.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        target_new = [target_new] if isinstance(target_new, str) else list(target_new)
+        if len(prompts) != len(target_new):
+            raise ValueError(f"{len(prompts)} prompts but {len(target_new)} targets")
+        records = []
+        for i, (prompt, target) in enumerate(zip(prompts, target_new)):
+            rephrase = rephrase_prompts[i] if rephrase_prompts else None
+            loc_p = loc_a = None
+            if locality_inputs:
+                first = next(iter(locality_inputs.values()))
+                loc_p, loc_a = first["prompt"][i], first["ground_truth"][i]
+            records.append(
+                EditRecord(
+                    prompt=prompt,
+                    target=target,
+                    rephrases=[rephrase] if isinstance(rephrase, str) else list(rephrase or []),
+                    locality_prompt=loc_p,
+                    locality_answer=loc_a,
+                    subject=subject[i] if subject else None,
+                    source=f"batch_edit#{i}",
+                )
+            )
+        return [self.apply(r) for r in records]
+
+    def list_edits(self) -> list[dict]:
+        """The live edits, oldest first."""
+        return [dict(e) for e in self.edits]
+
+    def remove(self, edit_id: int, cascade: bool = False) -> list[int]:
+        """Roll back edit ``edit_id``: the model answers as it did before that edit.
+
+        If later edits built on it (they trained the same entry), it refuses unless
+        ``cascade``, which rolls those back too. Returns the ids removed.
+        """
+        index = {e["id"]: e for e in self.edits}
+        if edit_id not in index:
+            raise KeyError(f"no edit with id {edit_id}")
+        later = self._conflicts(index[edit_id])
+        if later and not cascade:
+            raise ValueError(
+                f"edits {later} were built on edit {edit_id}; remove them first or pass cascade"
+            )
+        removed = []
+        for eid in sorted(later, reverse=True) + [edit_id]:
+            self._remove(index[eid])
+            self.edits = [e for e in self.edits if e["id"] != eid]
+            removed.append(eid)
+        return removed
+
+    # ---- save / load ---------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What a saved edit set must match: family, site, dimensions, W's fingerprint."""
+        return {
+            "name": getattr(self.model, "horen_name", self.model.config._name_or_path),
+            "model_type": self.model.config.model_type,
+            "site": self.site.path,
+            "d_in": self.site.d_in,
+            "d_out": self.site.d_out,
+            "fingerprint": fingerprint(self.model, self.site),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the edits (never the base weights) to directory ``path``, atomically."""
+        path = Path(path)
+        state, tensors = self._state()
+        meta = {
+            "format": FORMAT,
+            "method": self.method,
+            "config": self.config.to_dict(),
+            "model": self.identity(),
+            "edits": self.edits,
+            "next_edit_id": self.next_edit_id,
+            "state": state,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp / "edits.safetensors")
+            (tmp / "edit_config.json").write_text(json.dumps(meta, indent=1))
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, model, tokenizer, path: str | os.PathLike) -> "Editor":
+        """Load a saved edit set onto a freshly loaded base ``model``.
+
+        Works on the base class too (``Editor.load``): the method is read from the file.
+        Raises ``ValueError`` if the save comes from another model (family, edit site,
+        dimensions or weight fingerprint differ).
+        """
+        path = Path(path)
+        meta, tensors = read_saved(path)
+        editor_cls = get_method(meta["method"])
+        if cls is not Editor and not issubclass(editor_cls, cls):
+            raise ValueError(f"{path} holds '{meta['method']}' edits, not '{cls.method}'")
+        config = editor_cls.config_class.from_dict(meta["config"])
+        editor = editor_cls(model, tokenizer, config)
+        mine, theirs = editor.identity(), meta["model"]
+        diff = [k for k in ("model_type", "site", "d_in", "d_out", "fingerprint") if mine[k] != theirs[k]]
+        if diff:
+            editor.close()
+            details = ", ".join(f"{k}: saved {theirs[k]!r}, this model {mine[k]!r}" for k in diff)
+            raise ValueError(f"{path} was saved from another model ({details})")
+        editor._load_state(meta["state"], tensors)
+        editor.edits, editor.next_edit_id = meta["edits"], meta["next_edit_id"]
+        return editor
+
+    def close(self) -> None:
+        """Detach the editor from the model (the base model is left as it was loaded)."""
+
+
+def read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(meta, tensors)`` of a saved edit set, with clear errors for what is wrong."""
+    if not (path / "edit_config.json").exists():
+        olds = sorted(path.parent.glob(f".{path.name}.old-*"))
+        if olds:  # a save crashed between its two renames: the previous one is intact
+            warnings.warn(f"{path} is missing; reading the previous save {olds[-1]}", stacklevel=3)
+            path = olds[-1]
+        else:
+            raise FileNotFoundError(f"no saved edits at {path} (no edit_config.json)")
+    meta = json.loads((path / "edit_config.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT}")
+    return meta, load_file(path / "edits.safetensors")

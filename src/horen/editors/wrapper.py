@@ -1,0 +1,287 @@
+"""Machinery shared by the codebook editors (HoReN, GRACE and the ablations).
+
+A :class:`CodebookEditor` owns a :class:`~horen.codebook.Codebook`, swaps a
+:class:`~horen.layer.CodebookLayer` in place of W, and writes one edit as:
+
+1. tokenize ``prompt + " " + target`` (:func:`horen.text.make_batch`);
+2. run the layers below L once (:meth:`horen.suffix.Suffix.capture`) and read W's input;
+3. ``query`` it (method-specific), ``write`` the codebook (method-specific: the update cases);
+4. train that entry's value with Adam on the target's cross-entropy, running only layers
+   L..end on the captured activations, the LM head only at the target positions.
+
+Values are direct vectors (d_model) or, as the paper's appendix H.3, rank-r LoRA pairs
+(:class:`LoRAValues`), applied to W's input at the last prompt token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from ..codebook import Codebook
+from ..layer import CodebookLayer, PromptContext, StopForward
+from ..models import get_module, set_module
+from ..suffix import Suffix
+from ..text import Batch, encode_prompt, make_batch
+from .base import Editor, EditorConfig
+
+
+@dataclasses.dataclass
+class TrainConfig(EditorConfig):
+    """Value-training settings shared by the codebook editors."""
+
+    lr: float = dataclasses.field(default=1.0, metadata={"help": "Adam learning rate"})
+    max_steps: int = dataclasses.field(default=50, metadata={"help": "Adam steps per edit, at most"})
+    early_stop: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "stop when loss < stop_loss or no gain for `patience` steps"},
+    )
+    stop_loss: float = dataclasses.field(default=1e-2, metadata={"help": "early-stop loss"})
+    patience: int = dataclasses.field(default=3, metadata={"help": "steps without improvement"})
+    value_init: str = dataclasses.field(
+        default="zero", metadata={"help": "'zero', or 'cold' (uniform [0,1), the reference's)"}
+    )
+    value: str = dataclasses.field(default="direct", metadata={"help": "'direct' or 'lora'"})
+    lora_rank: int = dataclasses.field(default=4, metadata={"help": "rank of LoRA values"})
+
+    def __post_init__(self) -> None:
+        if self.value_init not in ("zero", "cold"):
+            raise ValueError(f"value_init must be 'zero' or 'cold', not {self.value_init!r}")
+        if self.value not in ("direct", "lora"):
+            raise ValueError(f"value must be 'direct' or 'lora', not {self.value!r}")
+        if self.lr <= 0 or self.max_steps < 1 or self.patience < 1:
+            raise ValueError("lr must be > 0, max_steps and patience >= 1")
+
+
+class DirectValues:
+    """A value is one d_model vector added to (or replacing) W's output."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        self.shape = (d_out,)
+
+    def delta(self, values: torch.Tensor, acts_last: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def init(self, how: str, gen: torch.Generator) -> torch.Tensor:
+        return torch.rand(self.shape, generator=gen) if how == "cold" else torch.zeros(self.shape)
+
+
+class LoRAValues:
+    """A value is a rank-r pair (A: r x d_in, B: d_out x r); delta = B A a at the last token."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int) -> None:
+        self.d_in, self.d_out, self.rank = d_in, d_out, rank
+        self.shape = (rank * (d_in + d_out),)
+
+    def delta(self, values: torch.Tensor, acts_last: torch.Tensor) -> torch.Tensor:
+        a = values[:, : self.rank * self.d_in].view(-1, self.rank, self.d_in)
+        b = values[:, self.rank * self.d_in :].view(-1, self.d_out, self.rank)
+        return torch.einsum("bor,brd,bd->bo", b, a, acts_last.to(values.dtype))
+
+    def init(self, how: str, gen: torch.Generator) -> torch.Tensor:
+        a = torch.randn(self.rank * self.d_in, generator=gen) / self.d_in**0.5
+        return torch.cat([a, torch.zeros(self.rank * self.d_out)])  # B = 0: starts as a no-op
+
+
+class CodebookEditor(Editor):
+    """Base of the wrapper editors. Subclasses define ``query``, ``match`` and ``write``."""
+
+    config_class = TrainConfig
+    mode = "add"
+
+    def __init__(self, model, tokenizer, config=None, **overrides):
+        super().__init__(model, tokenizer, config, **overrides)
+        site = self.site
+        self.values = (
+            LoRAValues(site.d_in, site.d_out, self.config.lora_rank)
+            if self.config.value == "lora"
+            else DirectValues(site.d_in, site.d_out)
+        )
+        base = get_module(model, site.path)
+        if isinstance(base, CodebookLayer):
+            raise ValueError(f"{site.path} is already wrapped by an editor; close() it first")
+        self.device = base.weight.device
+        self.codebook = Codebook(site.d_in, self.values.shape, device=self.device)
+        self.layer = CodebookLayer(base, self)
+        set_module(model, site.path, self.layer)
+        self.suffix = Suffix(model, site)
+        self.undo: dict[str, torch.Tensor] = {}
+
+    # ---- method-specific ---------------------------------------------------------------
+    def query(self, acts: torch.Tensor, ctx: PromptContext) -> torch.Tensor:
+        """``(B, d_in)`` float32 query of each prompt from W's input ``acts``."""
+        raise NotImplementedError
+
+    def match(self, q: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` matched codebook rows, ``NO_MATCH`` (-1) where none."""
+        raise NotImplementedError
+
+    def write(self, q: torch.Tensor, target: str) -> tuple[int, dict]:
+        """Update the codebook for one edit: ``(row to train, log fields)``."""
+        raise NotImplementedError
+
+    # ---- used by CodebookLayer -----------------------------------------------------------
+    def route(self, acts: torch.Tensor, ctx: PromptContext) -> torch.Tensor:
+        return self.match(self.query(acts, ctx))
+
+    def delta(self, rows, acts_last, values=None) -> torch.Tensor:
+        values = self.codebook.values[rows] if values is None else values
+        return self.values.delta(values, acts_last)
+
+    # ---- writing one edit ----------------------------------------------------------------
+    def _apply(self, record) -> dict:
+        batch = make_batch(self.tokenizer, self.model, [record.prompt], [record.target], self.config.chat)
+        batch = batch.to(self.device)
+        captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
+        acts = self.read_acts(captured, batch)
+        q = self.query(acts, PromptContext(batch.prompt_mask))
+        row, info = self.write(q[0], record.target)
+        value, stats = self.train_value(self.initial_value(row, info), captured, batch)
+        self.codebook.set_value(row, value[0])
+        return {**info, **stats}
+
+    def read_acts(self, captured, batch: Batch) -> torch.Tensor:
+        """W's input over the whole sequence, from the activations entering layer L."""
+        ctx = PromptContext(batch.prompt_mask, capture=True)
+        with torch.no_grad(), self.layer.prompt(ctx):
+            try:
+                self.suffix.hidden(captured)
+            except StopForward:
+                pass
+        return ctx.captured
+
+    def initial_value(self, row: int, info: dict) -> torch.Tensor:
+        if info["case"] == "extend":
+            return self.codebook.values[row][None].clone()
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + info["entry"])
+        return self.values.init(self.config.value_init, gen)[None].to(self.device)
+
+    def train_value(self, init: torch.Tensor, captured, batch: Batch, truncated: bool = True):
+        """Adam on the mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
+
+        With ``truncated`` only layers L..end run (on ``captured``); otherwise the full model
+        runs every step (the reference's cost; the results are the same).
+        """
+        cfg = self.config
+        rows, cols = batch.target_mask.nonzero(as_tuple=True)
+        labels = batch.input_ids[rows, cols]
+        value = init.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([value], lr=cfg.lr)
+        best, best_value, stale, steps = float("inf"), value.detach().clone(), 0, 0
+        for steps in range(1, cfg.max_steps + 1):
+            ctx = PromptContext(batch.prompt_mask, forced_values=value)
+            with self.layer.prompt(ctx):
+                if truncated:
+                    logits = self.suffix.logits(captured, rows, cols - 1)
+                else:
+                    out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                    logits = out.logits[rows, cols - 1].float()
+            loss = F.cross_entropy(logits, labels)
+            current = loss.item()
+            if current < best - 1e-4:
+                best, best_value, stale = current, value.detach().clone(), 0
+            else:
+                stale += 1
+            if cfg.early_stop and (best < cfg.stop_loss or stale >= cfg.patience):
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if not cfg.early_stop:  # the reference keeps the last value (loss: before its step)
+            best, best_value = current, value.detach().clone()
+        return best_value, {"steps": steps, "loss": round(best, 5)}
+
+    # ---- rollback bookkeeping --------------------------------------------------------------
+    def snapshot(self, eid_key: str, row: int) -> None:
+        """Keep an entry's value before this edit changes it (for rollback)."""
+        self.undo[eid_key] = self.codebook.values[row].detach().clone().cpu()
+
+    def _conflicts(self, edit: dict) -> list[int]:
+        mine = set(edit["touches"])
+        return [e["id"] for e in self.edits if e["id"] > edit["id"] and mine & set(e["touches"])]
+
+    def _remove(self, edit: dict) -> None:
+        cb = self.codebook
+        for entry_id in edit["touches"]:
+            row = cb.row(entry_id)
+            if entry_id == edit["entry"] and edit["case"] != "extend":
+                cb.remove(row)
+                continue
+            key = f"undo.{edit['id']}.{entry_id}"
+            if key in self.undo:
+                cb.set_value(row, self.undo.pop(key))
+            radius = edit.get("old_radii", {}).get(str(entry_id))
+            if radius is not None:
+                cb.set_radius(row, radius)
+
+    # ---- state -------------------------------------------------------------------------------
+    def _state(self):
+        cb = self.codebook
+        state = {"labels": cb.labels, "ids": cb.ids, "next_id": cb.next_id}
+        return state, {**cb.state_dict(), **self.undo}
+
+    def _load_state(self, state, tensors):
+        undo = {k: v for k, v in tensors.items() if k.startswith("undo.")}
+        self.codebook.load_state_dict(tensors, state["labels"], state["ids"], state["next_id"])
+        self.undo = undo
+
+    @contextmanager
+    def disabled(self):
+        previous, self.layer.enabled = self.layer.enabled, False
+        try:
+            yield self.model
+        finally:
+            self.layer.enabled = previous
+
+    def close(self) -> None:
+        """Put the original W back into the model."""
+        if get_module(self.model, self.site.path) is self.layer:
+            set_module(self.model, self.site.path, self.layer.base_layer)
+
+    # ---- inference --------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Full logits ``(B, T, vocab)`` of a right-padded batch, routed from its prompts."""
+        batch = batch.to(self.device)
+        with self.layer.prompt(PromptContext(batch.prompt_mask)):
+            return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+    @torch.no_grad()
+    def routes(self, prompts: list[str]) -> torch.Tensor:
+        """The codebook row each prompt is routed to (-1 = no match)."""
+        batch = make_batch(self.tokenizer, self.model, prompts, chat=self.config.chat).to(self.device)
+        captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
+        acts = self.read_acts(captured, batch)
+        return self.route(acts, PromptContext(batch.prompt_mask))
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 32, use_cache: bool = True):
+        """Greedy answers; routing is decided once from each prompt, then decoding runs.
+
+        Args:
+            prompts: one prompt or a list (batched with left padding).
+            use_cache: KV cache on (the default) or off; both give the same tokens.
+        """
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        ids = [encode_prompt(self.tokenizer, p, self.config.chat) for p in prompts]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
+        ctx = PromptContext(mask, reapply=not use_cache)
+        with self.layer.prompt(ctx):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                pad_token_id=pad,
+            )
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        return texts[0] if single else texts

@@ -1,0 +1,98 @@
+"""Turning prompts and targets into token batches, one rule for editing and scoring.
+
+The join rule (the reference's): the text is ``prompt + " " + target``; the prompt tokens
+are exactly what the prompt alone tokenizes to (with the tokenizer's BOS, if it adds one);
+the target tokens are the rest, so the target keeps its leading space and no BOS lands
+inside the sequence. Where a tokenizer does not tokenize the joined text as
+``prompt tokens + rest`` (it merges across the boundary), the target is tokenized on its own
+with a leading space and no special tokens, and appended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def format_prompt(tokenizer, prompt: str, chat: bool = False) -> str:
+    """The prompt as the model sees it: raw, or inside the tokenizer's chat template."""
+    if not chat:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template; drop --chat")
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> list[int]:
+    """Token ids of one (formatted) prompt."""
+    text = format_prompt(tokenizer, prompt, chat)
+    return tokenizer(text, add_special_tokens=not chat).input_ids
+
+
+def encode_pair(tokenizer, prompt: str, target: str, chat: bool = False):
+    """``(prompt_ids, target_ids)`` by the join rule above."""
+    if not target.strip():
+        raise ValueError("the target is empty")
+    prompt_ids = encode_prompt(tokenizer, prompt, chat)
+    text = format_prompt(tokenizer, prompt, chat)
+    sep = "" if chat else " "
+    full = tokenizer(text + sep + target.strip(), add_special_tokens=not chat).input_ids
+    if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+        return prompt_ids, full[len(prompt_ids) :]
+    target_ids = tokenizer(sep + target.strip(), add_special_tokens=False).input_ids
+    return prompt_ids, target_ids
+
+
+@dataclass
+class Batch:
+    """A right-padded batch of prompt (+ optional target) sequences.
+
+    Args:
+        input_ids, attention_mask: ``(B, T)``.
+        prompt_mask: ``(B, T)`` 1 at prompt tokens only.
+        target_mask: ``(B, T)`` 1 at target tokens only.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_mask: torch.Tensor
+    target_mask: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in self.__dict__.values()))
+
+
+def check_length(tokenizer, model, n_tokens: int, what: str) -> None:
+    """A clear error for a sequence longer than the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    if limit and n_tokens > limit:
+        raise ValueError(f"{what} is {n_tokens} tokens, longer than the model's context ({limit})")
+
+
+def make_batch(tokenizer, model, prompts, targets=None, chat: bool = False) -> Batch:
+    """Right-padded batch of ``prompt [+ " " + target]`` with prompt and target masks."""
+    rows = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt {i} is empty")
+        if targets is None:
+            p, t = encode_prompt(tokenizer, prompt, chat), []
+        else:
+            p, t = encode_pair(tokenizer, prompt, targets[i], chat)
+        check_length(tokenizer, model, len(p) + len(t), f"prompt {i} (+ target)")
+        rows.append((p, t))
+    width = max(len(p) + len(t) for p, t in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    att, pm, tm = (torch.zeros(len(rows), width, dtype=torch.long) for _ in range(3))
+    for i, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        ids[i, :n] = torch.tensor(p + t)
+        att[i, :n] = 1
+        pm[i, : len(p)] = 1
+        tm[i, len(p) : n] = 1
+    return Batch(ids, att, pm, tm)
