@@ -37,7 +37,7 @@ def make_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>", "<s>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=2000, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(CORPUS, trainer)
     if bos:
@@ -64,7 +64,8 @@ def _qwen2(vocab):
 
 
 def _gpt2(vocab):
-    cfg = GPT2Config(vocab_size=vocab, n_embd=24, n_layer=4, n_head=4, n_positions=128)
+    cfg = GPT2Config(vocab_size=vocab, n_embd=24, n_layer=4, n_head=4, n_positions=128,
+                     bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(cfg)
 
 
@@ -77,6 +78,7 @@ def build(family: str, seed: int = 0):
     tok = make_tokenizer(bos)
     torch.manual_seed(seed)
     model = make_model(len(tok)).eval()
+    model.config.bos_token_id = model.config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
 

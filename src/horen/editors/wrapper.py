@@ -170,7 +170,7 @@ class CodebookEditor(Editor):
         labels = batch.input_ids[rows, cols]
         value = init.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([value], lr=cfg.lr)
-        best, best_value, stale, steps = float("inf"), value.detach().clone(), 0, 0
+        best, best_value, stale, steps, start = float("inf"), value.detach().clone(), 0, 0, None
         for steps in range(1, cfg.max_steps + 1):
             ctx = PromptContext(batch.prompt_mask, forced_values=value)
             with self.layer.prompt(ctx):
@@ -181,6 +181,7 @@ class CodebookEditor(Editor):
                     logits = out.logits[rows, cols - 1].float()
             loss = F.cross_entropy(logits, labels)
             current = loss.item()
+            start = current if start is None else start
             if current < best - 1e-4:
                 best, best_value, stale = current, value.detach().clone(), 0
             else:
@@ -192,7 +193,7 @@ class CodebookEditor(Editor):
             opt.step()
         if not cfg.early_stop:  # the reference keeps the last value (loss: before its step)
             best, best_value = current, value.detach().clone()
-        return best_value, {"steps": steps, "loss": round(best, 5)}
+        return best_value, {"steps": steps, "loss_start": round(start, 5), "loss": round(best, 5)}
 
     # ---- rollback bookkeeping --------------------------------------------------------------
     def snapshot(self, eid_key: str, row: int) -> None:
@@ -250,12 +251,17 @@ class CodebookEditor(Editor):
             return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
 
     @torch.no_grad()
-    def routes(self, prompts: list[str]) -> torch.Tensor:
-        """The codebook row each prompt is routed to (-1 = no match)."""
+    def queries(self, prompts: list[str]) -> torch.Tensor:
+        """``(B, d_in)`` queries of prompts, before any refinement (read below layer L+1)."""
         batch = make_batch(self.tokenizer, self.model, prompts, chat=self.config.chat).to(self.device)
         captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
         acts = self.read_acts(captured, batch)
-        return self.route(acts, PromptContext(batch.prompt_mask))
+        return self.query(acts, PromptContext(batch.prompt_mask))
+
+    @torch.no_grad()
+    def routes(self, prompts: list[str]) -> torch.Tensor:
+        """The codebook row each prompt is routed to (-1 = no match)."""
+        return self.match(self.queries(prompts))
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 32, use_cache: bool = True):
