@@ -24,7 +24,7 @@ import shutil
 import time
 import warnings
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,7 +32,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.record import EditRecord
+from ..layer import PromptContext
 from ..models import edit_site, fingerprint, prepare_tokenizer
+from ..text import Batch, encode_prompt
 
 FORMAT = "horen-edits/1"
 METHODS: dict[str, type["Editor"]] = {}
@@ -219,6 +221,57 @@ class Editor(ABC):
             self.edits = [e for e in self.edits if e["id"] != eid]
             removed.append(eid)
         return removed
+
+    # ---- inference -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prompt_context(self, ctx: PromptContext):
+        """Context under which a forward pass sees ``ctx``'s prompt positions.
+
+        Weight-rewriting editors need nothing (the edit is in the weights); codebook editors
+        route from the prompt.
+        """
+        return nullcontext()
+
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Full logits ``(B, T, vocab)`` of a right-padded :class:`~horen.text.Batch`."""
+        batch = batch.to(self.device)
+        with self.prompt_context(PromptContext(batch.prompt_mask)):
+            return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 32, use_cache: bool = True):
+        """Greedy answers of the edited model.
+
+        Routing (codebook editors) is decided once from each prompt, then decoding runs.
+
+        Args:
+            prompts: one prompt or a list (batched with left padding).
+            max_new_tokens: length limit of each answer.
+            use_cache: KV cache on (the default) or off; both give the same tokens.
+        """
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        ids = [encode_prompt(self.tokenizer, p, self.config.chat) for p in prompts]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
+        with self.prompt_context(PromptContext(mask, reapply=not use_cache)):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                pad_token_id=pad,
+            )
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        return texts[0] if single else texts
 
     # ---- save / load ---------------------------------------------------------------------
     def identity(self) -> dict:

@@ -25,7 +25,7 @@ from ..codebook import Codebook
 from ..layer import CodebookLayer, PromptContext, StopForward
 from ..models import get_module, set_module
 from ..suffix import Suffix
-from ..text import Batch, encode_prompt, make_batch
+from ..text import Batch, make_batch
 from .base import Editor, EditorConfig
 
 
@@ -103,8 +103,7 @@ class CodebookEditor(Editor):
         base = get_module(model, site.path)
         if isinstance(base, CodebookLayer):
             raise ValueError(f"{site.path} is already wrapped by an editor; close() it first")
-        self.device = base.weight.device
-        self.codebook = Codebook(site.d_in, self.values.shape, device=self.device)
+        self.codebook = Codebook(site.d_in, self.values.shape, device=base.weight.device)
         self.layer = CodebookLayer(base, self)
         set_module(model, site.path, self.layer)
         self.suffix = Suffix(model, site)
@@ -157,7 +156,7 @@ class CodebookEditor(Editor):
         if info["case"] == "extend":
             return self.codebook.values[row][None].clone()
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + info["entry"])
-        return self.values.init(self.config.value_init, gen)[None].to(self.device)
+        return self.values.init(self.config.value_init, gen)[None].to(self.codebook.device)
 
     def train_value(self, init: torch.Tensor, captured, batch: Batch, truncated: bool = True):
         """Adam on the mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
@@ -243,12 +242,8 @@ class CodebookEditor(Editor):
             set_module(self.model, self.site.path, self.layer.base_layer)
 
     # ---- inference --------------------------------------------------------------------------
-    @torch.no_grad()
-    def logits(self, batch: Batch) -> torch.Tensor:
-        """Full logits ``(B, T, vocab)`` of a right-padded batch, routed from its prompts."""
-        batch = batch.to(self.device)
-        with self.layer.prompt(PromptContext(batch.prompt_mask)):
-            return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    def prompt_context(self, ctx: PromptContext):
+        return self.layer.prompt(ctx)
 
     @torch.no_grad()
     def queries(self, prompts: list[str]) -> torch.Tensor:
@@ -262,32 +257,3 @@ class CodebookEditor(Editor):
     def routes(self, prompts: list[str]) -> torch.Tensor:
         """The codebook row each prompt is routed to (-1 = no match)."""
         return self.match(self.queries(prompts))
-
-    @torch.no_grad()
-    def generate(self, prompts, max_new_tokens: int = 32, use_cache: bool = True):
-        """Greedy answers; routing is decided once from each prompt, then decoding runs.
-
-        Args:
-            prompts: one prompt or a list (batched with left padding).
-            use_cache: KV cache on (the default) or off; both give the same tokens.
-        """
-        single = isinstance(prompts, str)
-        prompts = [prompts] if single else list(prompts)
-        ids = [encode_prompt(self.tokenizer, p, self.config.chat) for p in prompts]
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
-        ctx = PromptContext(mask, reapply=not use_cache)
-        with self.layer.prompt(ctx):
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=use_cache,
-                pad_token_id=pad,
-            )
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
-        return texts[0] if single else texts
