@@ -36,17 +36,29 @@ class PromptContext:
         mask: ``(B, T_prompt)`` 1 at real prompt tokens (0 at padding, and at positions of
             a teacher-forced target that follows the prompt).
         reapply: True when later forwards re-run the whole sequence (no KV cache).
-        forced_rows / forced_values: during value training, apply these values without routing.
+        pool_mask: ``(B, T_prompt)`` the tokens queries pool over (default: ``mask``).
+        forced_values: during value training, apply these ``(B, ...)`` values without routing.
         capture: when set, the layer stores its input here and stops the forward.
     """
 
     mask: torch.Tensor
+    pool_mask: torch.Tensor | None = None
     reapply: bool = True
     forced_values: torch.Tensor | None = None
     capture: bool = False
     decision: torch.Tensor | None = None
     captured: torch.Tensor | None = None
     calls: int = 0
+
+    @classmethod
+    def of(cls, batch, **kwargs) -> "PromptContext":
+        """The context of a :class:`horen.text.Batch`."""
+        return cls(batch.prompt_mask, pool_mask=batch.pool_mask, **kwargs)
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """The mask queries pool over."""
+        return self.mask if self.pool_mask is None else self.pool_mask
 
     @property
     def last(self) -> torch.Tensor:

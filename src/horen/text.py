@@ -31,6 +31,24 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> list[int]:
     return tokenizer(text, add_special_tokens=not chat).input_ids
 
 
+def pool_positions(tokenizer, prompt: str, chat: bool = False) -> list[int]:
+    """1 at the prompt tokens a query pools over, 0 elsewhere.
+
+    Raw prompts pool over all their tokens. Inside a chat template, only the tokens of the
+    user's message count: the template's own tokens are the same for every prompt and
+    would make all queries alike. (The value still goes to the last token of the whole
+    formatted prompt, where the answer starts.)
+    """
+    ids = encode_prompt(tokenizer, prompt, chat)
+    if not chat:
+        return [1] * len(ids)
+    text = format_prompt(tokenizer, prompt, chat)
+    start = text.rfind(prompt)
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    mask = [int(s < start + len(prompt) and e > start) for s, e in spans]
+    return mask if any(mask) and len(mask) == len(ids) else [1] * len(ids)
+
+
 def encode_pair(tokenizer, prompt: str, target: str, chat: bool = False):
     """``(prompt_ids, target_ids)`` by the join rule above."""
     if not target.strip():
@@ -53,12 +71,15 @@ class Batch:
         input_ids, attention_mask: ``(B, T)``.
         prompt_mask: ``(B, T)`` 1 at prompt tokens only.
         target_mask: ``(B, T)`` 1 at target tokens only.
+        pool_mask: ``(B, T)`` 1 at the prompt tokens queries pool over (see
+            :func:`pool_positions`).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompt_mask: torch.Tensor
     target_mask: torch.Tensor
+    pool_mask: torch.Tensor
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device) for t in self.__dict__.values()))
@@ -84,15 +105,16 @@ def make_batch(tokenizer, model, prompts, targets=None, chat: bool = False) -> B
         else:
             p, t = encode_pair(tokenizer, prompt, targets[i], chat)
         check_length(tokenizer, model, len(p) + len(t), f"prompt {i} (+ target)")
-        rows.append((p, t))
-    width = max(len(p) + len(t) for p, t in rows)
+        rows.append((p, t, pool_positions(tokenizer, prompt, chat) if chat else [1] * len(p)))
+    width = max(len(p) + len(t) for p, t, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    att, pm, tm = (torch.zeros(len(rows), width, dtype=torch.long) for _ in range(3))
-    for i, (p, t) in enumerate(rows):
+    att, pm, tm, qm = (torch.zeros(len(rows), width, dtype=torch.long) for _ in range(4))
+    for i, (p, t, q) in enumerate(rows):
         n = len(p) + len(t)
         ids[i, :n] = torch.tensor(p + t)
         att[i, :n] = 1
         pm[i, : len(p)] = 1
         tm[i, len(p) : n] = 1
-    return Batch(ids, att, pm, tm)
+        qm[i, : len(p)] = torch.tensor(q)
+    return Batch(ids, att, pm, tm, qm)

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from ..data.record import EditRecord
 from ..layer import PromptContext
 from ..models import edit_site, fingerprint, prepare_tokenizer
-from ..text import Batch, encode_prompt
+from ..text import Batch, encode_prompt, pool_positions
 
 FORMAT = "horen-edits/1"
 METHODS: dict[str, type["Editor"]] = {}
@@ -239,7 +239,7 @@ class Editor(ABC):
     def logits(self, batch: Batch) -> torch.Tensor:
         """Full logits ``(B, T, vocab)`` of a right-padded :class:`~horen.text.Batch`."""
         batch = batch.to(self.device)
-        with self.prompt_context(PromptContext(batch.prompt_mask)):
+        with self.prompt_context(PromptContext.of(batch)):
             return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
 
     @torch.no_grad()
@@ -260,7 +260,11 @@ class Editor(ABC):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
-        with self.prompt_context(PromptContext(mask, reapply=not use_cache)):
+        chat = self.config.chat
+        pools = [pool_positions(self.tokenizer, p, chat) if chat else [1] * len(i) for p, i in zip(prompts, ids)]
+        pool = torch.tensor([[0] * (width - len(q)) + q for q in pools], device=self.device)
+        ctx = PromptContext(mask, pool_mask=pool, reapply=not use_cache)
+        with self.prompt_context(ctx):
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,

@@ -74,7 +74,7 @@ class HoReN(CodebookEditor):
         self.pool_ratio = self.config.pool_ratio or defaults.get("pool_ratio", 0.6)
 
     def query(self, acts: torch.Tensor, ctx: PromptContext) -> torch.Tensor:
-        q = pool(acts, ctx.mask[:, : acts.shape[1]], self.pool_ratio)
+        q = pool(acts, ctx.pooled[:, : acts.shape[1]], self.pool_ratio)
         return normalize(q) if self.config.normalize else q
 
     def match(self, q: torch.Tensor) -> torch.Tensor:

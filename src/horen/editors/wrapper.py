@@ -136,7 +136,7 @@ class CodebookEditor(Editor):
         batch = batch.to(self.device)
         captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
         acts = self.read_acts(captured, batch)
-        q = self.query(acts, PromptContext(batch.prompt_mask))
+        q = self.query(acts, PromptContext.of(batch))
         row, info = self.write(q[0], record.target)
         value, stats = self.train_value(self.initial_value(row, info), captured, batch)
         self.codebook.set_value(row, value[0])
@@ -144,7 +144,7 @@ class CodebookEditor(Editor):
 
     def read_acts(self, captured, batch: Batch) -> torch.Tensor:
         """W's input over the whole sequence, from the activations entering layer L."""
-        ctx = PromptContext(batch.prompt_mask, capture=True)
+        ctx = PromptContext.of(batch, capture=True)
         with torch.no_grad(), self.layer.prompt(ctx):
             try:
                 self.suffix.hidden(captured)
@@ -171,7 +171,7 @@ class CodebookEditor(Editor):
         opt = torch.optim.Adam([value], lr=cfg.lr)
         best, best_value, stale, steps, start = float("inf"), value.detach().clone(), 0, 0, None
         for steps in range(1, cfg.max_steps + 1):
-            ctx = PromptContext(batch.prompt_mask, forced_values=value)
+            ctx = PromptContext.of(batch, forced_values=value)
             with self.layer.prompt(ctx):
                 if truncated:
                     logits = self.suffix.logits(captured, rows, cols - 1)
@@ -251,7 +251,7 @@ class CodebookEditor(Editor):
         batch = make_batch(self.tokenizer, self.model, prompts, chat=self.config.chat).to(self.device)
         captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
         acts = self.read_acts(captured, batch)
-        return self.query(acts, PromptContext(batch.prompt_mask))
+        return self.query(acts, PromptContext.of(batch))
 
     @torch.no_grad()
     def routes(self, prompts: list[str]) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""Choosing tau (and checking rho) for a new model, as the paper recommends.
+
+Queries are read from the frozen model BELOW the edit site, so they do not depend on any
+trained value: routing of a whole edit stream can be simulated without training anything.
+For each (pool_ratio, tau) the simulation writes the codebook exactly as HoReN would
+(new entry unless the refined query matches an entry with the same target), then reports
+three routing rates on the final codebook:
+
+* ``rel``: edit prompts routed to an entry carrying their target;
+* ``gen``: paraphrases routed to an entry carrying their target;
+* ``loc``: unrelated (locality) prompts routed to no entry at all;
+
+and their geometric mean ``op``. The chosen tau maximizes ``op`` (ties: the larger tau, the
+safer for locality). These are routing rates, an upper bound on the edited model's scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .codebook import NO_MATCH, normalize, pool, refine, route_cosine
+from .layer import PromptContext
+from .text import make_batch
+
+DEFAULT_TAUS = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))  # 0.5 .. 0.975
+
+
+@dataclass
+class SweepRow:
+    pool_ratio: float
+    tau: float
+    rel: float
+    gen: float
+    loc: float
+    entries: int
+
+    @property
+    def op(self) -> float:
+        return (self.rel * self.gen * self.loc) ** (1 / 3)
+
+
+@torch.no_grad()
+def prompt_acts(editor, prompts: list[str], batch_size: int = 32) -> list[torch.Tensor]:
+    """W's input at the real prompt tokens of each prompt: a list of ``(n_i, d_ff)``."""
+    out = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="reading queries", leave=False):
+        chunk = prompts[start : start + batch_size]
+        batch = make_batch(editor.tokenizer, editor.model, chunk, chat=editor.config.chat)
+        batch = batch.to(editor.device)
+        captured = editor.suffix.capture(batch.input_ids, batch.attention_mask)
+        acts = editor.read_acts(captured, batch).float()
+        for row, mask in zip(acts, batch.pool_mask):
+            out.append(row[mask.bool()].cpu())
+    return out
+
+
+def pooled(acts: list[torch.Tensor], pool_ratio: float) -> torch.Tensor:
+    """Normalized pooled queries ``(N, d_ff)`` for one pooling ratio."""
+    qs = [pool(a[None], torch.ones(1, a.shape[0]), pool_ratio)[0] for a in acts]
+    return normalize(torch.stack(qs))
+
+
+def simulate(keys_in, labels, probes, probe_labels, loc, tau, beta, alpha, steps) -> SweepRow:
+    """Write the codebook for one tau, then the three routing rates on the final codebook."""
+
+    def match(q, keys):
+        return route_cosine(refine(q, keys, beta=beta, alpha=alpha, steps=steps), keys, tau)[0]
+
+    keys = keys_in.new_zeros(0, keys_in.shape[1])
+    entry_labels: list[str] = []
+    for q, label in zip(keys_in, labels):
+        row = int(match(q[None], keys)[0])
+        if row == NO_MATCH or entry_labels[row] != label:
+            keys = torch.cat([keys, q[None]])
+            entry_labels.append(label)
+
+    def hit_rate(qs, want):
+        rows = match(qs, keys).tolist()
+        return sum(r != NO_MATCH and entry_labels[r] == w for r, w in zip(rows, want)) / len(want)
+
+    rel = hit_rate(keys_in, labels)
+    gen = hit_rate(probes, probe_labels) if len(probe_labels) else float("nan")
+    loc_rate = float((match(loc, keys) == NO_MATCH).float().mean()) if len(loc) else float("nan")
+    return SweepRow(0.0, tau, rel, gen, loc_rate, len(entry_labels))
+
+
+def sweep(editor, records, taus=DEFAULT_TAUS, pool_ratios=(None,), batch_size: int = 32):
+    """Sweep (pool_ratio, tau) over ``records``; returns ``(rows, best_row)``.
+
+    Args:
+        editor: a HoReN-family editor on the model to calibrate (its codebook is unused).
+        records: edit records with rephrases and locality prompts (a few hundred is plenty).
+        pool_ratios: ratios to check; ``None`` means the editor's current one.
+    """
+    cfg = editor.config
+    prompts = [r.prompt for r in records]
+    probe_pairs = [(p, r.target) for r in records for p in r.rephrases[:1]]
+    locs = [r.locality_prompt for r in records if r.locality_prompt]
+    acts = prompt_acts(editor, prompts + [p for p, _ in probe_pairs] + locs, batch_size)
+    n, m = len(prompts), len(probe_pairs)
+    rows = []
+    for ratio in pool_ratios:
+        ratio = editor.pool_ratio if ratio is None else ratio
+        q = pooled(acts, ratio)
+        for tau in taus:
+            row = simulate(
+                q[:n], [r.target for r in records], q[n : n + m], [t for _, t in probe_pairs],
+                q[n + m :], tau, cfg.beta, cfg.alpha, cfg.hopfield_steps,
+            )
+            row.pool_ratio = ratio
+            rows.append(row)
+    best = max(rows, key=lambda r: (0 if math.isnan(r.op) else r.op, r.tau))
+    return rows, best
+
+
+def format_table(rows: list[SweepRow], best: SweepRow) -> str:
+    lines = ["pool_ratio    tau    rel    gen    loc     op  entries"]
+    for r in rows:
+        mark = "  <- chosen" if r is best else ""
+        lines.append(
+            f"{r.pool_ratio:10.2f} {r.tau:6.3f} {r.rel:6.3f} {r.gen:6.3f} {r.loc:6.3f} "
+            f"{r.op:6.3f} {r.entries:8d}{mark}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""``horen``: a thin command-line shell over the library.
+
+Subcommands: ``edit``, ``generate``, ``edits list|remove``, ``demo``, ``calibrate``, and
+``bench`` / ``report`` (mounted from :mod:`horen.bench` and :mod:`horen.report`).
+An edit set lives in a directory (``--edits DIR``, default ``horen-edits``); it remembers its
+method, its settings and the model it belongs to, so later commands need only the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_EDITS = "horen-edits"
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs; values parsed as JSON where they parse (numbers, true, null)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, not {pair!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def _saved_meta(path: Path) -> dict | None:
+    cfg = path / "edit_config.json"
+    return json.loads(cfg.read_text()) if cfg.exists() else None
+
+
+def open_editor(args, need_model: bool = True):
+    """Load the model and the edit set at ``args.edits`` (or start an empty one)."""
+    import horen
+
+    path = Path(args.edits)
+    meta = _saved_meta(path)
+    name = args.model or (meta["model"]["name"] if meta else None)
+    model, tok = horen.load_model(name, device=args.device, dtype=args.dtype)
+    if meta:
+        if args.method and args.method != meta["method"]:
+            raise ValueError(f"{path} holds '{meta['method']}' edits, not '{args.method}'")
+        return horen.Editor.load(model, tok, path)
+    method = horen.get_method(args.method or "horen")
+    return method(model, tok, **_overrides(getattr(args, "set", None)))
+
+
+def cmd_edit(args) -> int:
+    from .data import load_dataset
+
+    editor = open_editor(args)
+    if args.from_file:
+        records = load_dataset(args.from_file, skip_bad=args.skip_bad).records
+    else:
+        if not (args.prompt and args.target):
+            raise SystemExit("horen edit needs --prompt and --target (or --from FILE)")
+        from .data.record import EditRecord
+
+        records = [EditRecord(prompt=args.prompt, target=args.target)]
+    for record in records:
+        eid = editor.apply(record)
+        e = editor.edits[-1]
+        print(f"edit {eid}: {record.prompt!r} -> {record.target!r} "
+              f"({e.get('case', '')}, {e['seconds']:.2f} s)")
+    editor.save(args.edits)
+    print(f"saved {len(editor.edits)} edits to {args.edits}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    editor = open_editor(args)
+    answers = editor.generate(args.prompt, max_new_tokens=args.max_new_tokens)
+    for prompt, answer in zip(args.prompt, answers):
+        print(f"{prompt}\n  -> {answer}")
+    return 0
+
+
+def cmd_edits(args) -> int:
+    path = Path(args.edits)
+    meta = _saved_meta(path)
+    if meta is None:
+        raise SystemExit(f"no saved edits at {path}")
+    if args.action == "list":
+        print(f"{len(meta['edits'])} {meta['method']} edits on {meta['model']['name']}")
+        for e in meta["edits"]:
+            print(f"{e['id']:>6}  {e['time']}  entry {e.get('entry', '-'):>5}  "
+                  f"{e['prompt']!r} -> {e['target']!r}")
+        return 0
+    if args.id is None:
+        raise SystemExit("horen edits remove needs an edit id")
+    editor = open_editor(args)
+    removed = editor.remove(args.id, cascade=args.cascade)
+    editor.save(path)
+    print(f"removed edits {removed}; {len(editor.edits)} left")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import horen
+    from .calibrate import DEFAULT_TAUS, format_table, sweep
+    from .data import load_dataset
+
+    model, tok = horen.load_model(args.model, device=args.device, dtype=args.dtype)
+    editor = horen.HoReN(model, tok, chat=args.chat)
+    records = load_dataset(args.dataset, n=args.n, data_root=args.data_root).records
+    taus = args.taus or DEFAULT_TAUS
+    rows, best = sweep(editor, records, taus=taus, pool_ratios=args.pool_ratios or (None,))
+    print(format_table(rows, best))
+    print(f"\nchosen: tau={best.tau} pool_ratio={best.pool_ratio} "
+          f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f}, {len(records)} "
+          f"{args.dataset} records)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def _mount(sub, name: str, module: str, help_text: str) -> None:
+    """Mount a subcommand whose module provides ``add_arguments`` and ``run``."""
+    try:
+        mod = importlib.import_module(f"horen.{module}")
+        mod.add_arguments, mod.run  # noqa: B018
+    except (ImportError, AttributeError) as err:  # an optional dependency is missing
+        p = sub.add_parser(name, help=f"{help_text} (unavailable: {err})")
+        p.set_defaults(func=lambda a, e=err: sys.exit(f"horen {name}: {e}"))
+        return
+    p = sub.add_parser(name, help=help_text)
+    mod.add_arguments(p)
+    p.set_defaults(func=mod.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", help="HF model id or directory (default: the embedded SmolLM2)")
+    common.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    common.add_argument("--dtype", help="float32, bfloat16, float16 (default by device)")
+    common.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    edits = argparse.ArgumentParser(add_help=False)
+    edits.add_argument("--edits", default=DEFAULT_EDITS, help="edit-set directory")
+    edits.add_argument("--method", help="editing method for a new edit set (default horen)")
+
+    parser = argparse.ArgumentParser(prog="horen", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("edit", parents=[common, edits], help="apply edits, save the edit set")
+    p.add_argument("--prompt")
+    p.add_argument("--target")
+    p.add_argument("--from", dest="from_file", help="a dataset file of edits (JSON/JSONL/CSV)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed records")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("generate", parents=[common, edits], help="answer with the edited model")
+    p.add_argument("--prompt", action="append", required=True, help="repeat for several")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edits", parents=[common, edits], help="list or remove (roll back) edits")
+    p.add_argument("action", choices=["list", "remove"])
+    p.add_argument("id", type=int, nargs="?", help="edit id to remove")
+    p.add_argument("--cascade", action="store_true", help="also remove edits built on it")
+    p.set_defaults(func=cmd_edits)
+
+    p = sub.add_parser("demo", parents=[common], help="edit the embedded model, show before/after")
+    p.add_argument("--n", type=int, default=10, help="number of edits")
+    p.add_argument("--data-root", help="folder holding zsre/ (default ../shared/data)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("calibrate", parents=[common], help="choose tau for a model")
+    p.add_argument("--dataset", default="zsre")
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--taus", type=float, nargs="+")
+    p.add_argument("--pool-ratios", type=float, nargs="+")
+    p.add_argument("--chat", action="store_true")
+    p.add_argument("--data-root")
+    p.set_defaults(func=cmd_calibrate)
+
+    _mount(sub, "bench", "bench", "run a benchmark: sequential edits, scored at checkpoints")
+    _mount(sub, "report", "report", "tables and plots from results files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _set_threads(getattr(args, "threads", None))
+    try:
+        return args.func(args) or 0
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"horen {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

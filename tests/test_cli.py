@@ -1,0 +1,67 @@
+"""The CLI end to end on a tiny model saved to a local directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import build
+from horen.cli import main
+
+P1, P2 = "Who leads Zorblat Industries?", "Which river flows through Cairo?"
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model, tok = build("llama")
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_edit_generate_list_remove(model_dir, tmp_path, capsys):
+    edits = str(tmp_path / "edits")
+    assert main(["edit", "--model", model_dir, "--edits", edits, "--prompt", P1,
+                 "--target", "Paris", "--set", "max_steps=3", "--set", "tau=0.9"]) == 0
+    # a second edit: model, method and settings come from the saved set
+    assert main(["edit", "--edits", edits, "--prompt", P2, "--target", "Nile"]) == 0
+    meta = json.loads((tmp_path / "edits" / "edit_config.json").read_text())
+    assert [e["id"] for e in meta["edits"]] == [1, 2]
+    assert meta["config"]["max_steps"] == 3 and meta["config"]["tau"] == 0.9
+    capsys.readouterr()
+    assert main(["edits", "list", "--edits", edits]) == 0
+    out = capsys.readouterr().out
+    assert "2 horen edits" in out and P1 in out and "'Nile'" in out
+    assert main(["generate", "--edits", edits, "--prompt", P1, "--prompt", P2,
+                 "--max-new-tokens", "3"]) == 0
+    assert out.count("->") >= 2
+    assert main(["edits", "remove", "1", "--edits", edits]) == 0
+    meta = json.loads((tmp_path / "edits" / "edit_config.json").read_text())
+    assert [e["id"] for e in meta["edits"]] == [2]
+
+
+def test_bad_input_changes_nothing(model_dir, tmp_path, capsys):
+    edits = str(tmp_path / "edits")
+    assert main(["edit", "--model", model_dir, "--edits", edits, "--prompt", P1,
+                 "--target", "Paris", "--set", "max_steps=2"]) == 0
+    before = (tmp_path / "edits" / "edit_config.json").read_text()
+    assert main(["edit", "--edits", edits, "--prompt", P2, "--target", " "]) == 2
+    assert "target" in capsys.readouterr().err
+    assert (tmp_path / "edits" / "edit_config.json").read_text() == before
+    assert main(["edit", "--edits", edits, "--method", "grace", "--prompt", P2,
+                 "--target", "Nile"]) != 0  # the set holds horen edits
+    assert (tmp_path / "edits" / "edit_config.json").read_text() == before
+    assert main(["edits", "remove", "7", "--edits", edits]) == 2
+
+
+def test_edit_from_file(model_dir, tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"prompt": P1, "target": "Paris"}) + "\n"
+                    + json.dumps({"prompt": P2, "target": "Nile"}) + "\n")
+    edits = str(tmp_path / "edits")
+    assert main(["edit", "--model", model_dir, "--edits", edits, "--from", str(data),
+                 "--method", "grace", "--set", "max_steps=2"]) == 0
+    meta = json.loads((tmp_path / "edits" / "edit_config.json").read_text())
+    assert meta["method"] == "grace" and len(meta["edits"]) == 2

@@ -1,0 +1,57 @@
+"""Slow tests on the embedded SmolLM2-135M-Instruct (run in CI; minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import horen
+from horen.data import load_dataset
+from horen.text import make_batch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    torch.set_num_threads(2)
+    return horen.load_model()
+
+
+def test_embedded_model_is_the_expected_llama(smollm):
+    model, tok = smollm
+    cfg = model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size) == ("llama", 30, 576)
+    assert (cfg.intermediate_size, cfg.vocab_size) == (1536, 49152)
+    ed = horen.HoReN(model, tok)
+    try:
+        assert ed.site.path == "model.layers.27.mlp.down_proj"
+        assert (ed.tau, ed.pool_ratio) == (0.775, 0.6)  # calibrated defaults
+    finally:
+        ed.close()
+
+
+def test_twenty_zsre_edits_reliability(smollm):
+    model, tok = smollm
+    records = load_dataset("zsre", n=20).records
+    ed = horen.HoReN(model, tok)
+    try:
+        for r in records:
+            ed.apply(r)
+        batch = make_batch(tok, model, [r.prompt for r in records], [r.target for r in records])
+        logits = ed.logits(batch)
+        rows, cols = batch.target_mask.nonzero(as_tuple=True)
+        hit = (logits[rows, cols - 1].argmax(-1) == batch.input_ids[rows, cols]).float()
+        per_record = torch.zeros(len(records)).index_add_(0, rows, hit)
+        per_record /= batch.target_mask.sum(1)
+        assert per_record.mean().item() >= 0.9
+    finally:
+        ed.close()
+
+
+def test_demo_runs(smollm, capsys):
+    from horen.cli import main
+
+    assert main(["demo", "--n", "2", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("after:") == 6 and "time per edit" in out
