@@ -84,7 +84,7 @@ def test_truncated_training_equals_full_forward(tiny):
     fast, s1 = ed.train_value(init, captured, batch, truncated=True)
     slow, s2 = ed.train_value(init, captured, batch, truncated=False)
     assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
-    assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-4)
+    assert s1[0]["loss"] == pytest.approx(s2[0]["loss"], rel=1e-4)
 
 
 def test_cache_and_no_cache_generation_agree(tiny):
@@ -277,3 +277,30 @@ def test_easyedit_batch_call(tiny):
     ids = ed.batch_edit(prompts=[P1, P2], target_new=[T1, T2], rephrase_prompts=[OTHER, OTHER],
                         locality_inputs={"nq": {"prompt": ["a", "b"], "ground_truth": ["x", "y"]}})
     assert ids == [1, 2] and len(ed.codebook) == 2
+
+
+STREAM = [(P1, "Paris"), (P2, "Cairo"), ("Who runs Zorblat Industries?", "Paris"), (OTHER, "Nile"),
+          (P2, "Paris"), ("Osk is a city in", "Veltria"), (P1, "Paris"), (OTHER, "Cairo")]
+
+
+@pytest.mark.parametrize("method,tau", [("horen", -1.0), ("horen", 0.9), ("grace", None)])
+def test_micro_batched_editing_equals_one_at_a_time(family, method, tau):
+    from horen.data.record import EditRecord
+
+    records = [EditRecord(prompt=p, target=t) for p, t in STREAM]
+    kwargs = {"max_steps": 12} | ({"tau": tau} if tau is not None else {"eps_init": 50.0})
+    runs = []
+    for micro_batch in (1, 3, 8):
+        model, tok = build(family)
+        ed = horen.get_method(method)(model, tok, **kwargs)
+        ed.apply_many(records, micro_batch=micro_batch)
+        runs.append(ed)
+    one, *batched = runs
+    decisions = [(e["case"], e["entry"], e["touches"]) for e in one.edits]
+    assert len({c for c, _, _ in decisions}) >= 2  # the stream exercises several cases
+    for ed in batched:
+        assert [(e["case"], e["entry"], e["touches"]) for e in ed.edits] == decisions
+        assert torch.allclose(ed.codebook.keys, one.codebook.keys, atol=1e-5)  # padding: fp noise
+        assert torch.allclose(ed.codebook.values, one.codebook.values, atol=1e-4)
+        assert torch.allclose(ed.codebook.radii, one.codebook.radii, atol=1e-6)
+        assert set(ed.undo) == set(one.undo)

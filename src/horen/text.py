@@ -84,6 +84,10 @@ class Batch:
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device) for t in self.__dict__.values()))
 
+    def select(self, rows: list[int]) -> "Batch":
+        """The sub-batch of ``rows``."""
+        return Batch(*(t[rows] for t in self.__dict__.values()))
+
 
 def check_length(tokenizer, model, n_tokens: int, what: str) -> None:
     """A clear error for a sequence longer than the model's context."""

@@ -145,12 +145,19 @@ class Editor(ABC):
         """Apply one :class:`EditRecord`; returns its edit id."""
         start = time.perf_counter()
         info = self._apply(record)
+        return self._log(record, info, time.perf_counter() - start)
+
+    def apply_many(self, records, micro_batch: int | None = None) -> list[int]:
+        """Apply edits in order; returns their ids. Methods may batch the work."""
+        return [self.apply(r) for r in records]
+
+    def _log(self, record: EditRecord, info: dict, seconds: float) -> int:
         edit = {
             "id": self.next_edit_id,
             "prompt": record.prompt,
             "target": record.target,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seconds": round(time.perf_counter() - start, 4),
+            "seconds": round(seconds, 4),
             **info,
         }
         self.edits.append(edit)

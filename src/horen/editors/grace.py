@@ -76,7 +76,6 @@ class GRACE(CodebookEditor):
             touches = [cb.ids[row], near_id]
             return row, {"case": "conflict", "entry": cb.ids[row], "touches": touches,
                          "old_radii": {str(near_id): near_eps}}
-        self.snapshot(f"undo.{self.next_edit_id}.{near_id}", near)
         info = {"case": "extend", "entry": near_id, "touches": [near_id]}
         if d > near_eps:  # expand
             cb.set_radius(near, d)

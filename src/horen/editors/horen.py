@@ -95,7 +95,6 @@ class HoReN(CodebookEditor):
         row = int(self.match(q[None])[0])
         if row != NO_MATCH and cb.labels[row] == target:
             entry = cb.ids[row]
-            self.snapshot(f"undo.{self.next_edit_id}.{entry}", row)
             return row, {"case": "extend", "entry": entry, "touches": [entry]}
         case = "new" if row == NO_MATCH else "conflict"
         row = cb.add(q, torch.zeros(self.values.shape), target)
