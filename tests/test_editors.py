@@ -21,7 +21,7 @@ OTHER = "Which river flows through Cairo?"
 
 def tf_accuracy(ed, prompt, target):
     """Teacher-forced target-token accuracy (argmax), the paper's Rel."""
-    batch = make_batch(ed.tokenizer, ed.model, [prompt], [target])
+    batch = make_batch(ed.tokenizer, ed.model, [prompt], [target], chat=ed.config.chat)
     logits = ed.logits(batch)
     rows, cols = batch.target_mask.nonzero(as_tuple=True)
     pred = logits[rows, cols - 1].argmax(-1)
@@ -304,3 +304,24 @@ def test_micro_batched_editing_equals_one_at_a_time(family, method, tau):
         assert torch.allclose(ed.codebook.values, one.codebook.values, atol=1e-4)
         assert torch.allclose(ed.codebook.radii, one.codebook.radii, atol=1e-6)
         assert set(ed.undo) == set(one.undo)
+
+
+CHAT = ("{% for m in messages %}<s>user: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+
+
+def test_chat_prompts_pool_over_the_message_only(tiny):
+    from horen.text import encode_prompt, pool_positions
+
+    model, tok = tiny
+    tok.chat_template = CHAT
+    ids = encode_prompt(tok, P1, chat=True)
+    mask = pool_positions(tok, P1, chat=True)
+    assert len(mask) == len(ids) and 0 < sum(mask) < len(ids)
+    content = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert content.strip() == P1
+    assert mask[-1] == 0  # the last token (where the value goes) is the template's
+    ed = HoReN(model, tok, chat=True, tau=-1.0, max_steps=20)
+    ed.edit(P1, "Which")  # one token without a leading space (chat answers start bare)
+    assert tf_accuracy(ed, P1, "Which") == 1.0
+    assert ed.generate([P1, OTHER], 4) == ed.generate([P1, OTHER], 4, use_cache=False)
