@@ -47,6 +47,10 @@ class TrainConfig(EditorConfig):
     )
     value: str = dataclasses.field(default="direct", metadata={"help": "'direct' or 'lora'"})
     lora_rank: int = dataclasses.field(default=4, metadata={"help": "rank of LoRA values"})
+    truncate: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "train values through layers L..end only (False: the full model)"},
+    )
     micro_batch: int | None = dataclasses.field(
         default=None,
         metadata={"help": "edits whose values train together in apply_many; None = 8 CPU, 32 GPU"},
@@ -201,7 +205,7 @@ class CodebookEditor(Editor):
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + info["entry"])
         return self.values.init(self.config.value_init, gen)[None].to(self.codebook.device)
 
-    def train_value(self, init: torch.Tensor, captured, batch: Batch, truncated: bool = True):
+    def train_value(self, init: torch.Tensor, captured, batch: Batch, truncated: bool | None = None):
         """Adam on each row's mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
 
         Every row has its own value and its own early stop; the summed loss gives each value
@@ -214,6 +218,7 @@ class CodebookEditor(Editor):
             stopping, else the last) and per-row ``{"steps", "loss_start", "loss"}``.
         """
         cfg = self.config
+        truncated = cfg.truncate if truncated is None else truncated
         rows, cols = batch.target_mask.nonzero(as_tuple=True)
         labels = batch.input_ids[rows, cols]
         n_b = init.shape[0]
