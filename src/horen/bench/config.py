@@ -1,0 +1,181 @@
+"""The benchmark's settings (:class:`BenchConfig`) and its command line (``horen bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+
+from ..metrics import SCORERS
+
+PROTOCOLS = ("sequential", "immediate")
+"""``sequential``: edits 1..N one at a time; at checkpoint n, f_n is scored on records 1..n.
+``immediate``: each edit is scored right after it is applied; checkpoint n reports the mean
+of those scores over records 1..n."""
+
+
+def default_checkpoints(n: int) -> list[int]:
+    """1, 10, 100, ... below ``n``, and ``n`` itself.
+
+    Example:
+        >>> default_checkpoints(1500)
+        [1, 10, 100, 1000, 1500]
+    """
+    points, k = [], 1
+    while k < n:
+        points.append(k)
+        k *= 10
+    return points + [n] if n > 0 else []
+
+
+def resolve_checkpoints(checkpoints, n: int) -> list[int]:
+    """The checkpoints of a run over ``n`` records: given ones (clipped to n) plus ``n``."""
+    if not checkpoints:
+        return default_checkpoints(n)
+    if any(c < 1 for c in checkpoints):
+        raise ValueError(f"checkpoints must be >= 1, got {sorted(checkpoints)}")
+    return sorted({c for c in checkpoints if c <= n} | {n})
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """One benchmark run. Every field has a CLI flag of the same name (``--batch-size``).
+
+    Example:
+        >>> cfg = BenchConfig(method="horen", dataset="zsre", n=10, checkpoints=[1, 10])
+    """
+
+    method: str = dataclasses.field(default="horen", metadata={"help": "editing method"})
+    dataset: str = dataclasses.field(default="zsre", metadata={"help": "dataset name or file"})
+    n: int | None = dataclasses.field(default=None, metadata={"help": "edits N (None = all)"})
+    checkpoints: list[int] | None = dataclasses.field(
+        default=None, metadata={"help": "edit counts to score at (None = 1, 10, 100, ... and N)"}
+    )
+    model: str | None = dataclasses.field(default=None, metadata={"help": "None = embedded"})
+    protocol: str = dataclasses.field(default="sequential", metadata={"help": "|".join(PROTOCOLS)})
+    out: str = dataclasses.field(default="results", metadata={"help": "results directory"})
+    scorers: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "tf, gen, unke (None = tf+gen, +unke on UnKE data)"}
+    )
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "sequences per forward"})
+    shuffle: bool = dataclasses.field(default=False, metadata={"help": "shuffle the records"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "shuffle and torch seed"})
+    chat: bool = dataclasses.field(default=False, metadata={"help": "use the chat template"})
+    overrides: dict = dataclasses.field(
+        default_factory=dict, metadata={"help": "method config fields to override"}
+    )
+    threads: int | None = dataclasses.field(default=None, metadata={"help": "torch threads"})
+    resume: bool = dataclasses.field(default=False, metadata={"help": "resume a killed run"})
+    data_root: str | None = dataclasses.field(default=None, metadata={"help": "datasets folder"})
+    skip_bad: bool = dataclasses.field(default=False, metadata={"help": "skip bad records"})
+    unke_max_tokens: int = dataclasses.field(
+        default=256, metadata={"help": "longest UnKE answer generated"}
+    )
+    progress: bool = dataclasses.field(default=True, metadata={"help": "tqdm progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        bad = [s for s in self.scorers or [] if s not in SCORERS]
+        if bad:
+            raise ValueError(f"unknown scorers {bad}; known: {', '.join(SCORERS)}")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"n must be >= 1, not {self.n}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    def command(self) -> str:
+        """The ``horen bench`` command line that reproduces this run."""
+        parts = ["horen", "bench", "--method", self.method, "--dataset", self.dataset]
+        if self.n is not None:
+            parts += ["--n", str(self.n)]
+        if self.checkpoints:
+            parts += ["--checkpoints", ",".join(map(str, self.checkpoints))]
+        if self.model:
+            parts += ["--model", self.model]
+        parts += ["--protocol", self.protocol, "--batch-size", str(self.batch_size)]
+        parts += ["--seed", str(self.seed)]
+        if self.scorers:
+            parts += ["--scorers", ",".join(self.scorers)]
+        for flag in ("shuffle", "chat", "skip_bad"):
+            if getattr(self, flag):
+                parts.append("--" + flag.replace("_", "-"))
+        for key, value in sorted(self.overrides.items()):
+            parts += ["--set", f"{key}={json.dumps(value)}"]
+        if self.data_root:
+            parts += ["--data-root", self.data_root]
+        if self.threads:
+            parts += ["--threads", str(self.threads)]
+        parts += ["--out", self.out]
+        return shlex.join(parts)
+
+
+def parse_set(pairs: list[str] | None) -> dict:
+    """``["lr=0.5", "value_init=cold"]`` -> ``{"lr": 0.5, "value_init": "cold"}`` (JSON values)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``horen bench`` flags."""
+    from ..editors import METHODS
+
+    a = parser.add_argument
+    a("--method", default="horen", choices=sorted(METHODS), help="editing method")
+    a("--dataset", default="zsre", help="dataset name (zsre, counterfact, ...) or a file path")
+    a("--n", type=int, default=None, help="number of edits N (default: all records)")
+    a("--checkpoints", type=_ints, default=None, help="comma list, e.g. 1,10,100 (N is added)")
+    a("--model", default=None, help="HF model id or directory (default: embedded SmolLM2)")
+    a("--protocol", default="sequential", choices=PROTOCOLS, help="scoring protocol")
+    a("--out", default="results", metavar="DIR", help="results directory")
+    a("--scorers", default=None, help="comma list of tf, gen, unke (default: tf,gen; +unke on UnKE data)")
+    a("--batch-size", type=int, default=16, help="sequences per scoring batch")
+    a("--shuffle", action="store_true", help="shuffle the records (with --seed) before taking N")
+    a("--seed", type=int, default=0, help="seed for shuffling and torch")
+    a("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    a("--set", action="append", metavar="KEY=VALUE", help="method config override (JSON value)")
+    a("--threads", type=int, default=None, help="torch CPU threads")
+    a("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    a("--skip-bad", action="store_true", help="skip malformed dataset records")
+    a("--data-root", default=None, help="folder holding the datasets (default ../shared/data)")
+    a("--unke-max-tokens", type=int, default=256, help="longest UnKE answer generated")
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """A :class:`BenchConfig` from parsed ``horen bench`` flags."""
+    scorers = args.scorers.replace(" ", "").split(",") if args.scorers else None
+    return BenchConfig(
+        method=args.method,
+        dataset=args.dataset,
+        n=args.n,
+        checkpoints=args.checkpoints,
+        model=args.model,
+        protocol=args.protocol,
+        out=args.out,
+        scorers=scorers,
+        batch_size=args.batch_size,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        chat=args.chat,
+        overrides=parse_set(args.set),
+        threads=args.threads,
+        resume=args.resume,
+        data_root=args.data_root,
+        skip_bad=args.skip_bad,
+        unke_max_tokens=args.unke_max_tokens,
+        progress=not args.no_progress,
+    )

@@ -1,0 +1,139 @@
+"""What makes a results file self-describing: its name, the environment, atomic writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .. import metrics
+
+FORMAT = "horen-bench/1"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a name or path (``"org/Model-1B"`` -> ``"org-Model-1B"``)."""
+    text = Path(text).stem if os.sep in text and Path(text).suffix else text
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
+
+
+def results_name(cfg, model_name: str, n: int) -> str:
+    """Deterministic file name from method, dataset, model, N and protocol.
+
+    Runs that differ in chat formatting or method overrides get a suffix, so they never
+    overwrite each other.
+    """
+    parts = [slug(cfg.method), slug(cfg.dataset), slug(model_name), f"n{n}", cfg.protocol]
+    if cfg.chat:
+        parts.append("chat")
+    if cfg.overrides:
+        digest = hashlib.sha1(json.dumps(cfg.overrides, sort_keys=True).encode()).hexdigest()
+        parts.append("set-" + digest[:8])
+    return "__".join(parts) + ".json"
+
+
+def header(cfg, editor, data_info: dict, model_name: str, checkpoints, scorers) -> dict:
+    """The self-describing head of a results file (``checkpoints`` is filled as it runs)."""
+    labels = [metrics.SCORERS[s] for s in scorers]
+    return {
+        "format": FORMAT,
+        "method": cfg.method,
+        "dataset": data_info["name"],
+        "model": model_name,
+        "protocol": cfg.protocol,
+        "n": checkpoints[-1],
+        "chat": editor.config.chat,
+        "scorers": labels,
+        "scorer_notes": {label: metrics.NOTES[label] for label in labels},
+        "seed": cfg.seed,
+        "command": cfg.command(),
+        "config": {**dataclasses.asdict(cfg), "checkpoints": checkpoints},
+        "dataset_info": data_info,
+        "editor": editor_info(editor),
+        "versions": versions(),
+        "git": git_state(),
+        "machine": machine(editor.device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "complete": False,
+        "checkpoints": [],
+    }
+
+
+def editor_info(editor) -> dict:
+    """The editor's method, full config, edit site and the defaults it resolved from the model."""
+    info = {"method": editor.method, "config": editor.config.to_dict(), "site": editor.site.path}
+    for name in ("tau", "pool_ratio"):
+        if hasattr(editor, name):
+            info[name] = getattr(editor, name)
+    return info
+
+
+def versions() -> dict:
+    """Versions of the packages that decide the numbers."""
+    out = {}
+    for name in ("horen", "torch", "transformers", "tokenizers", "sacrebleu", "rouge-score"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["torch"] = torch.__version__
+    return out
+
+
+def git_state() -> dict:
+    """``{"commit", "dirty"}`` of the checkout holding this package (None outside git)."""
+    where = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def machine(device) -> dict:
+    """Platform, CPU count, torch threads and the device the model ran on."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if torch.cuda.is_available() and str(device).startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1024, 1)  # Linux reports KiB
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (a killed run never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,288 @@
+"""Running one benchmark: :func:`run_bench`.
+
+The loop: pick the records (file order, or shuffled with the seed), load the model, build
+the editor, compute the base model's locality answers once (:func:`horen.metrics.base_reference`),
+then apply edits 1..N one at a time. Under ``sequential`` the edited model f_n is scored on
+records 1..n at each checkpoint n; under ``immediate`` each record is scored right after its
+own edit and checkpoint n reports the mean over records 1..n.
+
+At every checkpoint the results file is rewritten (``"complete": false`` until the end) and,
+beside it in ``<name>.resume/``, the editor (``editor.save``) and the loop's state are
+saved; ``resume=True`` loads them onto a fresh model and continues after that checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import metrics
+from ..data.record import EditRecord
+from ..editors import Editor, get_method
+from . import results as res
+from .config import BenchConfig, resolve_checkpoints
+
+# the fields a resumed run must share with the run it continues
+_RESUME_KEYS = (
+    "method",
+    "dataset",
+    "n",
+    "model",
+    "protocol",
+    "shuffle",
+    "seed",
+    "chat",
+    "overrides",
+    "skip_bad",
+    "unke_max_tokens",
+)
+
+
+def select_records(cfg: BenchConfig, records: Sequence[EditRecord] | None = None):
+    """``(records, dataset info)``: the first N records, after a seeded shuffle if asked."""
+    if records is None:
+        from ..data import load_dataset
+
+        loaded = load_dataset(
+            cfg.dataset,
+            n=None if cfg.shuffle else cfg.n,
+            skip_bad=cfg.skip_bad,
+            data_root=cfg.data_root,
+        )
+        records = loaded.records
+        info = {
+            "name": loaded.name,
+            "path": loaded.path,
+            "format": loaded.format,
+            "skipped": loaded.skipped,
+        }
+    else:
+        info = {"name": cfg.dataset, "path": None, "format": "records", "skipped": 0}
+    records = list(records)
+    info["available"] = len(records)
+    if cfg.shuffle:
+        random.Random(cfg.seed).shuffle(records)
+    if cfg.n is not None:
+        if len(records) < cfg.n:
+            warnings.warn(f"{cfg.dataset} has {len(records)} records, fewer than n={cfg.n}")
+        records = records[: cfg.n]
+    if not records:
+        raise ValueError(f"no records to edit in {cfg.dataset}")
+    return records, info
+
+
+def resolve_scorers(cfg: BenchConfig, records: Sequence[EditRecord]) -> list[str]:
+    """Short scorer names: as given, else tf + gen (+ unke where records have sub-questions)."""
+    if cfg.scorers:
+        return list(dict.fromkeys(cfg.scorers))
+    long_form = any("sub_question" in r.extra for r in records)
+    return ["tf", "gen"] + (["unke"] if long_form else [])
+
+
+def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
+    """Per scorer label, one row of scores per record."""
+    out = {}
+    for short in scorers:
+        label = metrics.SCORERS[short]
+        if short == "unke":
+            out[label] = metrics.score_unke(
+                editor, records, reference, cfg.batch_size, cfg.unke_max_tokens
+            )
+        else:
+            out[label] = metrics.SCORE_FUNCTIONS[label](editor, records, reference, cfg.batch_size)
+    return out
+
+
+def make_editor(cfg: BenchConfig, model, tokenizer) -> Editor:
+    """The method's editor with ``cfg.overrides`` applied (unknown fields are an error)."""
+    cls = get_method(cfg.method)
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(cfg.overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"{cfg.method} has no setting {unknown}; known: {', '.join(sorted(known))}"
+        )
+    overrides = {**cfg.overrides, "chat": cfg.chat or bool(cfg.overrides.get("chat", False))}
+    return cls(model, tokenizer, **overrides)
+
+
+def run_bench(
+    cfg: BenchConfig,
+    records: Sequence[EditRecord] | None = None,
+    model_and_tokenizer: tuple | None = None,
+    on_checkpoint: Callable[[dict, Editor], None] | None = None,
+) -> dict:
+    """Run one benchmark and write its results file; returns the results (the JSON's content).
+
+    Args:
+        cfg: the settings.
+        records: edit records to use instead of loading ``cfg.dataset`` (tests).
+        model_and_tokenizer: an already loaded ``(model, tokenizer)`` instead of
+            ``horen.load_model(cfg.model)``. The editor is closed (W unwrapped) at the end.
+        on_checkpoint: called as ``on_checkpoint(entry, editor)`` after each checkpoint is
+            scored and saved.
+
+    Example:
+        >>> cfg = BenchConfig(method="horen", dataset="zsre", n=10, threads=2)
+        >>> result = run_bench(cfg)  # doctest: +SKIP
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    records, data_info = select_records(cfg, records)
+    n = len(records)
+    checkpoints = resolve_checkpoints(cfg.checkpoints, n)
+    scorers = resolve_scorers(cfg, records)
+    if model_and_tokenizer is None:
+        from ..models import load_model
+
+        model_and_tokenizer = load_model(cfg.model)
+    model, tokenizer = model_and_tokenizer
+    model_name = (
+        cfg.model or getattr(model, "horen_name", None) or model.config._name_or_path or "custom"
+    )
+    path = Path(cfg.out) / res.results_name(cfg, model_name, n)
+    side = path.with_suffix(".resume")
+
+    state = _load_resume(side, cfg, path) if cfg.resume else None
+    if state is not None and state.get("complete"):
+        return state["result"]
+    if state is not None:
+        editor = Editor.load(model, tokenizer, side / "editor")
+    else:
+        shutil.rmtree(side, ignore_errors=True)
+        editor = make_editor(cfg, model, tokenizer)
+    try:
+        start = time.perf_counter()
+        reference = metrics.base_reference(editor, records, scorers, cfg.batch_size)
+        base_seconds = time.perf_counter() - start
+        if state is None:
+            result = res.header(cfg, editor, data_info, model_name, checkpoints, scorers)
+            result.update(file=path.name, base_reference_seconds=round(base_seconds, 3))
+            state = {"done": 0, "edit_seconds": 0.0, "eval_seconds": 0.0, "rows": {}}
+            state["result"] = result
+        else:
+            state["result"].setdefault("resumed_at", []).append(state["done"])
+        _loop(
+            cfg, editor, records, reference, scorers, checkpoints, state, path, side, on_checkpoint
+        )
+    finally:
+        editor.close()
+    result = state["result"]
+    result.update(
+        complete=True,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        edit_seconds_total=round(state["edit_seconds"], 4),
+        time_per_edit=round(state["edit_seconds"] / n, 4),
+    )
+    res.write_json(path, result)
+    shutil.rmtree(side, ignore_errors=True)
+    return result
+
+
+PROGRESS_CHUNK = 32  # edits between progress-bar updates (the editor micro-batches inside)
+
+
+def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, side, on_checkpoint):
+    """Apply edits ``state["done"]+1 .. N``; score and save at each checkpoint."""
+    result, rows = state["result"], state["rows"]
+    bar = tqdm(
+        total=len(records),
+        initial=state["done"],
+        unit="edit",
+        dynamic_ncols=True,
+        desc=f"{cfg.method}/{result['dataset']}",
+        disable=not cfg.progress,
+    )
+    try:
+        t = state["done"]
+        while t < len(records):
+            # sequential: edits go in micro-batches up to the next checkpoint (same decisions
+            # as one at a time, see CodebookEditor.apply_many); immediate: one at a time
+            stop = t + 1
+            if cfg.protocol == "sequential":
+                stop = min([c for c in checkpoints if c > t] + [t + PROGRESS_CHUNK, len(records)])
+            start = time.perf_counter()
+            editor.apply_many(records[t:stop])
+            state["edit_seconds"] += time.perf_counter() - start
+            bar.update(stop - t)
+            start = time.perf_counter()
+            if cfg.protocol == "immediate":
+                for label, new in _score(
+                    editor, records[t : t + 1], reference[t : t + 1], scorers, cfg
+                ).items():
+                    rows.setdefault(label, []).extend(new)
+            t = n = stop
+            if n not in checkpoints:
+                state["eval_seconds"] += time.perf_counter() - start
+                continue
+            if cfg.protocol == "sequential":
+                scored = _score(editor, records[:n], reference[:n], scorers, cfg)
+            else:
+                scored = {label: r[:n] for label, r in rows.items()}
+            entry = {"n": n, **{label: metrics.summarize(r, label) for label, r in scored.items()}}
+            state["eval_seconds"] += time.perf_counter() - start
+            entry.update(
+                edit_seconds_total=round(state["edit_seconds"], 4),
+                eval_seconds=round(state["eval_seconds"], 4),
+            )
+            if hasattr(editor, "codebook"):
+                entry["codebook_size"] = len(editor.codebook)
+            entry["peak_rss_mb"] = res.peak_rss_mb()
+            state["eval_seconds"] = 0.0
+            state["done"] = n
+            result["checkpoints"].append(entry)
+            _save_resume(side, editor, state, path, cfg)
+            bar.set_postfix(_postfix(entry), refresh=False)
+            bar.write(f"[{cfg.method}] n={n}: " + json.dumps(_postfix(entry)))
+            if on_checkpoint is not None:
+                on_checkpoint(entry, editor)
+    finally:
+        bar.close()
+
+
+def _postfix(entry: dict) -> dict:
+    out = {}
+    for label, key, name in (
+        ("teacher_forced", "op", "tf_op"),
+        ("generation", "op", "greedy_op"),
+        ("generation", "rel_em", "greedy_rel_em"),
+    ):
+        value = entry.get(label, {}).get(key)
+        if value is not None:
+            out[name] = round(value, 3)
+    return out
+
+
+def _save_resume(side: Path, editor, state: dict, path: Path, cfg: BenchConfig) -> None:
+    """The editor, the loop's state and the partial results file, after a checkpoint."""
+    editor.save(side / "editor")
+    res.write_json(side / "state.json", {**state, "config": dataclasses.asdict(cfg)})
+    res.write_json(path, state["result"])
+
+
+def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
+    """The saved state of a killed run (None: start afresh), checked against ``cfg``."""
+    if not (side / "state.json").exists():
+        if path.exists():
+            done = json.loads(path.read_text())
+            if done.get("complete"):
+                return {"complete": True, "result": done}
+        return None
+    state = json.loads((side / "state.json").read_text())
+    saved = state.pop("config")
+    diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if saved.get("scorers") != cfg.scorers or saved.get("checkpoints") != cfg.checkpoints:
+        diff.append("scorers/checkpoints")
+    if diff:
+        raise ValueError(f"cannot resume {side}: the settings differ ({', '.join(diff)})")
+    return state

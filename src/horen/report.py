@@ -1,0 +1,203 @@
+"""Tables and plots from results files (``horen report results/*.json``), never typed by hand.
+
+:func:`load_results` reads the JSON files :mod:`horen.bench` writes; :func:`markdown_report`
+makes one Markdown table per scorer (method x dataset x checkpoint -> Rel/Gen/Loc/OP) with
+the command that reproduces each run; :func:`plot_results` draws each metric against the
+number of edits (log x axis, one line per method, one figure per dataset and scorer);
+:func:`update_readme` puts the tables between ``<!-- results:start -->`` and
+``<!-- results:end -->`` in a README.
+
+Example:
+    >>> results = load_results(["results/*.json"])  # doctest: +SKIP
+    >>> print(markdown_report(results))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# scorer label -> (column title, key in the checkpoint entry), in table order
+COLUMNS = {
+    "teacher_forced": [("Rel", "rel"), ("Gen", "gen"), ("Loc", "loc"), ("OP", "op")],
+    "generation": [
+        ("Rel acc", "rel_acc"),
+        ("Gen acc", "gen_acc"),
+        ("Loc", "loc"),
+        ("OP", "op"),
+        ("Rel EM", "rel_em"),
+        ("Gen EM", "gen_em"),
+    ],
+    "unke": [
+        (f"{s[:4].title()} {m}", f"{s}_{m}")
+        for s in ("original", "paraphrase", "sub_question")
+        for m in ("bleu", "rougeL", "bertscore")
+    ],
+}
+TITLES = {
+    "teacher_forced": "Teacher-forced",
+    "generation": "Generation (greedy, KV cache)",
+    "unke": "UnKE (long-form)",
+}
+PLOTTED = {
+    "teacher_forced": ["rel", "gen", "loc", "op"],
+    "generation": ["rel_acc", "gen_acc", "loc", "op"],
+    "unke": [
+        "original_bertscore",
+        "paraphrase_bertscore",
+        "sub_question_bertscore",
+        "original_rougeL",
+    ],
+}
+
+
+def load_results(paths) -> list[dict]:
+    """Results dicts from files (globs expanded), sorted by method, dataset, model, protocol."""
+    files = []
+    for p in paths:
+        files += sorted(glob.glob(str(p))) if any(c in str(p) for c in "*?[") else [str(p)]
+    results = []
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        if "checkpoints" not in data or "method" not in data:
+            raise ValueError(f"{f} is not a horen bench results file")
+        data.setdefault("file", Path(f).name)
+        results.append(data)
+    return sorted(results, key=lambda r: (r["method"], r["dataset"], r["model"], r["protocol"]))
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _run_label(r: dict) -> str:
+    extra = " (chat)" if r.get("chat") else ""
+    return f"{r['method']}{extra}"
+
+
+def markdown_report(results: list[dict]) -> str:
+    """One Markdown table per scorer, then the command that reproduces each run."""
+    lines = []
+    for scorer, columns in COLUMNS.items():
+        runs = [r for r in results if any(scorer in c for c in r["checkpoints"])]
+        if not runs:
+            continue
+        lines += [f"### {TITLES[scorer]}", ""]
+        head = ["Method", "Dataset", "Model", "Protocol", "N"] + [c for c, _ in columns]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in runs:
+            for c in r["checkpoints"]:
+                if scorer not in c:
+                    continue
+                cells = [_run_label(r), r["dataset"], r["model"], r["protocol"], str(c["n"])]
+                cells += [_fmt(c[scorer].get(key)) for _, key in columns]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Runs", ""]
+    for r in results:
+        status = "" if r.get("complete", True) else " (incomplete)"
+        per_edit = r.get("time_per_edit")
+        timing = f", {per_edit:.3f} s/edit" if per_edit is not None else ""
+        git = r.get("git") or {}
+        commit = (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
+        lines.append(f"- `{r['file']}`{status}{timing}, commit {commit}: `{r.get('command', '?')}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """PNG per (dataset, scorer): each metric vs number of edits, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in sorted({r["dataset"] for r in results}):
+        for scorer, keys in PLOTTED.items():
+            runs = [
+                r
+                for r in results
+                if r["dataset"] == dataset and any(scorer in c for c in r["checkpoints"])
+            ]
+            if not runs:
+                continue
+            several = len({(r["model"], r["protocol"]) for r in runs}) > 1
+            fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+            for ax, key in zip(axes[0], keys):
+                for r in runs:
+                    pts = [(c["n"], c[scorer].get(key)) for c in r["checkpoints"] if scorer in c]
+                    pts = [(n, v) for n, v in pts if v is not None]
+                    if not pts:
+                        continue
+                    label = _run_label(r) + (f" [{r['model']}, {r['protocol']}]" if several else "")
+                    ax.plot(*zip(*pts), marker="o", label=label)
+                ax.set_xscale("log")
+                ax.set_xlabel("number of edits")
+                ax.set_title(key)
+                ax.set_ylim(-0.02, 1.02)
+                ax.grid(alpha=0.3)
+            axes[0][0].legend(fontsize=8)
+            fig.suptitle(f"{dataset}: {TITLES[scorer]}")
+            fig.tight_layout()
+            path = out_dir / f"{dataset}__{scorer}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def update_readme(readme: str | os.PathLike, results: list[dict], plots: list[Path] = ()) -> str:
+    """Replace the README section between the results markers (appended if absent).
+
+    Returns the new README text (also written to the file).
+    """
+    readme = Path(readme)
+    text = readme.read_text() if readme.exists() else ""
+    body = markdown_report(results)
+    for p in plots:
+        rel = os.path.relpath(p, readme.parent.resolve()) if Path(p).is_absolute() else str(p)
+        body += f"\n![{Path(p).stem}]({rel})\n"
+    note = "<!-- generated by `horen report --readme`; do not edit by hand -->"
+    section = f"{START}\n{note}\n\n{body}{END}"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + "## Results\n\n" + section + "\n"
+    readme.write_text(text)
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``horen report`` flags."""
+    parser.add_argument("results", nargs="+", help="results JSON files (globs allowed)")
+    parser.add_argument(
+        "--out", default="reports", metavar="DIR", help="where report.md and the PNG plots go"
+    )
+    parser.add_argument("--readme", default=None, help="also rewrite this README's results section")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``horen report``: write ``report.md`` and plots to ``--out``; optionally the README."""
+    results = load_results(args.results)
+    if not results:
+        raise FileNotFoundError(f"no results files match {' '.join(args.results)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [] if args.no_plots else plot_results(results, out)
+    table = markdown_report(results)
+    (out / "report.md").write_text(table + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
+    print(table)
+    print(f"wrote {out / 'report.md'} and {len(plots)} plot(s)")
+    if args.readme:
+        update_readme(args.readme, results, [p.resolve() for p in plots])
+        print(f"updated {args.readme}")
+    return 0

