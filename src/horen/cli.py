@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _mount(sub, "bench", "bench", "run a benchmark: sequential edits, scored at checkpoints")
     _mount(sub, "report", "report", "tables and plots from results files")
+    _mount(sub, "bench-speed", "speed", "reference loop vs the fast path: edit and eval speedups")
     return parser
 
 

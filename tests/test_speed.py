@@ -1,0 +1,24 @@
+"""bench-speed's two paths compute the same thing (tiny model; timing is not asserted)."""
+
+import horen
+from conftest import build
+from horen import speed
+from horen.data.record import EditRecord
+
+
+def test_reference_and_fast_paths_agree(monkeypatch, tmp_path):
+    monkeypatch.setattr(horen, "load_model", lambda name=None: build("llama"))
+    records = [
+        EditRecord(prompt=p, target=t, rephrases=[r], locality_prompt="Paris is", locality_answer="the")
+        for p, t, r in [
+            ("Who leads Zorblat Industries?", "Paris", "Who runs Zorblat Industries?"),
+            ("Which river flows through Cairo?", "Nile", "What river is in Cairo?"),
+            ("What is the capital of France?", "Osk", "France's capital is?"),
+        ]
+    ]
+    monkeypatch.setattr(speed, "load_dataset", lambda name, n: type("D", (), {"records": records}))
+    r = speed.run_speed(n=3, threads=1, batch_size=4, max_steps=5, out=str(tmp_path))
+    assert r["same_codebook_decisions"]
+    assert abs(r["op_reference"] - r["op_fast"]) < 0.01
+    assert {"edit_speedup", "eval_speedup", "op_reference", "op_fast", "n"} <= set(r)
+    assert (tmp_path / "speed__zsre__n3.json").exists()
