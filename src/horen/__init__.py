@@ -12,7 +12,12 @@ Example:
 from .codebook import Codebook
 from .data.record import EditRecord
 from .editors import (
+    FTL,
+    FTM,
     GRACE,
+    MEMIT,
+    ROME,
+    AlphaEdit,
     METHODS,
     Editor,
     GraceNorm,
@@ -26,6 +31,11 @@ from .models import ARCHITECTURES, load_model
 
 __all__ = [
     "ARCHITECTURES",
+    "AlphaEdit",
+    "FTL",
+    "FTM",
+    "MEMIT",
+    "ROME",
     "Codebook",
     "EditRecord",
     "Editor",

@@ -1,10 +1,23 @@
 """Editing methods, one module each, registered by name in :data:`METHODS`."""
 
+from .alphaedit import AlphaEdit, AlphaEditConfig
 from .base import METHODS, Editor, EditorConfig, get_method, register
+from .ft import FTL, FTM, FTConfig
 from .grace import GRACE, GRACEConfig
 from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
+from .memit import MEMIT, MEMITConfig
+from .rome import ROME, ROMEConfig
 
 __all__ = [
+    "FTL",
+    "FTM",
+    "MEMIT",
+    "ROME",
+    "AlphaEdit",
+    "AlphaEditConfig",
+    "FTConfig",
+    "MEMITConfig",
+    "ROMEConfig",
     "GRACE",
     "GRACEConfig",
     "METHODS",

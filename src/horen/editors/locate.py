@@ -141,7 +141,11 @@ class LocateEditor(WeightEditor):
     """Base of ROME, MEMIT and AlphaEdit: templates, keys, the value optimization, C."""
 
     config_class = LocateConfig
-    template_specs: list[tuple[str | None, int, int]] = []  # (start text, count, new tokens)
+
+    @property
+    def template_specs(self) -> list[tuple[str | None, int, int]]:
+        """``(start text or None for start-of-text, how many, new tokens)`` per group."""
+        raise NotImplementedError
 
     def __init__(self, model, tokenizer, config=None, **overrides):
         super().__init__(model, tokenizer, config, **overrides)
