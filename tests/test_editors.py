@@ -329,3 +329,24 @@ def test_chat_prompts_pool_over_the_message_only(tiny):
     ed.edit(P1, "Which")  # one token without a leading space (chat answers start bare)
     assert tf_accuracy(ed, P1, "Which") == 1.0
     assert ed.generate([P1, OTHER], 4) == ed.generate([P1, OTHER], 4, use_cache=False)
+
+
+def test_big_codebooks_route_through_the_exact_router_with_the_same_decisions(tiny):
+    from horen.codebook import normalize, refine, route_cosine
+    from horen.editors.horen import EXACT_ROUTER_MIN
+
+    model, tok = tiny
+    ed = HoReN(model, tok, tau=0.3)
+    gen = torch.Generator().manual_seed(0)
+    keys = normalize(torch.randn(EXACT_ROUTER_MIN + 10, ed.site.d_in, generator=gen))
+    for k in keys:
+        ed.codebook.add(k, torch.zeros(ed.site.d_out), "x")
+    q = normalize(keys[:40] + 0.5 * torch.randn(40, ed.site.d_in, generator=gen))
+    plain = route_cosine(refine(q, ed.codebook.keys), ed.codebook.keys, 0.3)[0]
+    assert torch.equal(ed.match(q), plain)
+    pytest.importorskip("faiss")
+    ed.close()
+    approx = HoReN(model, tok, tau=0.3, index="faiss")
+    for k in keys:
+        approx.codebook.add(k, torch.zeros(ed.site.d_out), "x")
+    assert (approx.match(keys[:5]) == torch.arange(5)).all()  # stored keys find themselves

@@ -17,6 +17,7 @@ from horen.data.loaders import (
 )
 from horen.data.plain import load_csv, load_jsonl, load_plain
 from horen.data.record import EditRecord
+from horen.data.synthetic import load_synthetic, synthetic_stream
 from horen.data.unke import load_unke
 from horen.data.wikibigedit import load_wikibigedit
 from horen.data.zsre import load_zsre, load_zsre_default
@@ -36,9 +37,11 @@ __all__ = [
     "load_jsonl",
     "load_knowedit",
     "load_plain",
+    "load_synthetic",
     "load_unke",
     "load_wikibigedit",
     "load_zsre",
     "load_zsre_default",
     "resolve_dataset",
+    "synthetic_stream",
 ]

@@ -203,6 +203,10 @@ def load_dataset(
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0, not {n}")
     key = str(name_or_path).lower()
+    if (key == "synthetic" or key.startswith("synthetic:")) and not Path(name_or_path).is_file():
+        from .synthetic import load_synthetic  # lazy: only when asked for
+
+        return load_synthetic(key, n=n, data_root=data_root)
     if key in DATASETS and not Path(name_or_path).is_file():
         files = resolve_dataset(key, data_root)
         if key == "zsre":

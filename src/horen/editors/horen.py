@@ -21,10 +21,14 @@ import dataclasses
 import torch
 
 from ..codebook import NO_MATCH, normalize, pool, refine, route_cosine
+from ..index import ExactRouter, FaissRouter
 from ..layer import PromptContext
 from ..models import routing_defaults
 from .base import register
 from .wrapper import CodebookEditor, TrainConfig
+
+
+EXACT_ROUTER_MIN = 2048  # codebook size from which the chunked exact router pays off
 
 
 @dataclasses.dataclass
@@ -42,6 +46,10 @@ class HoReNConfig(TrainConfig):
     hopfield_steps: int = dataclasses.field(default=1, metadata={"help": "Hopfield steps M"})
     hopfield_eps: float = dataclasses.field(default=1e-5, metadata={"help": "Hopfield stop"})
     normalize: bool = dataclasses.field(default=True, metadata={"help": "unit-normalize keys"})
+    index: str = dataclasses.field(
+        default="exact",
+        metadata={"help": "'exact' (default) or 'faiss' (approximate, for huge codebooks)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +59,8 @@ class HoReNConfig(TrainConfig):
             raise ValueError(f"tau is a cosine threshold in [-1, 1], not {self.tau}")
         if self.hopfield_steps < 0:
             raise ValueError("hopfield_steps must be >= 0")
+        if self.index not in ("exact", "faiss"):
+            raise ValueError(f"index must be 'exact' or 'faiss', not {self.index!r}")
 
 
 @register
@@ -72,6 +82,8 @@ class HoReN(CodebookEditor):
         defaults = routing_defaults(model)
         self.tau = self.config.tau if self.config.tau is not None else defaults.get("tau", 0.8)
         self.pool_ratio = self.config.pool_ratio or defaults.get("pool_ratio", 0.6)
+        self.router = ExactRouter()
+        self._faiss, self._faiss_ids = None, []
 
     def query(self, acts: torch.Tensor, ctx: PromptContext) -> torch.Tensor:
         q = pool(acts, ctx.pooled[:, : acts.shape[1]], self.pool_ratio)
@@ -79,6 +91,12 @@ class HoReN(CodebookEditor):
 
     def match(self, q: torch.Tensor) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
+        args = dict(beta=cfg.beta, alpha=cfg.alpha, steps=cfg.hopfield_steps, eps=cfg.hopfield_eps)
+        if cfg.normalize and cfg.index == "faiss" and len(keys):
+            return self._faiss_router().route(q, keys, self.tau, **args)[0]
+        if cfg.normalize and len(keys) >= EXACT_ROUTER_MIN:
+            # same decisions as refine + route_cosine below, engineered for big codebooks
+            return self.router.route(q, keys, self.tau, **args)[0]
         refined = refine(
             q,
             keys,
@@ -89,6 +107,19 @@ class HoReN(CodebookEditor):
             normalized=cfg.normalize,
         )
         return route_cosine(refined, keys, self.tau)[0]
+
+    def _faiss_router(self) -> FaissRouter:
+        """The approximate index, kept in step with the codebook (rebuilt after removals)."""
+        cb = self.codebook
+        if self._faiss is None:
+            self._faiss = FaissRouter(cb.d_key)
+        n = len(self._faiss_ids)
+        if cb.ids[:n] != self._faiss_ids:
+            self._faiss.rebuild(cb.keys)
+        elif len(cb) > n:
+            self._faiss.add(cb.keys[n:])
+        self._faiss_ids = list(cb.ids)
+        return self._faiss
 
     def write(self, q: torch.Tensor, target: str) -> tuple[int, dict]:
         cb = self.codebook
