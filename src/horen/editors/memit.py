@@ -170,5 +170,5 @@ class MEMIT(LocateEditor):
         info = self.write(requests, group)
         seconds = (time.perf_counter() - start) / len(records)
         z_info = info.pop("z_info")
-        return [self.log_entry(r, {"case": "batch", **info, "batch_size": len(records), **z},
+        return [self._log(r, {"case": "batch", **info, "batch_size": len(records), **z},
                                seconds) for r, z in zip(records, z_info)]

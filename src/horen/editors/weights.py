@@ -29,12 +29,10 @@ edit had never been made.
 from __future__ import annotations
 
 import dataclasses
-import time
 from contextlib import contextmanager
 
 import torch
 
-from ..data.record import EditRecord
 from .base import Editor, EditorConfig
 
 
@@ -91,20 +89,6 @@ class WeightEditor(Editor):
         with torch.no_grad():
             param.add_(self.materialize(name, factors))
         self.deltas.setdefault(group, {})[name] = {k: v.detach() for k, v in factors.items()}
-
-    def log_entry(self, record: EditRecord, info: dict, seconds: float) -> int:
-        """Append one edit to the log the way :meth:`Editor.apply` does; returns its id."""
-        edit = {
-            "id": self.next_edit_id,
-            "prompt": record.prompt,
-            "target": record.target,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seconds": round(seconds, 4),
-            **info,
-        }
-        self.edits.append(edit)
-        self.next_edit_id += 1
-        return edit["id"]
 
     # ---- rollback ----------------------------------------------------------------------------
     def replay(self) -> None:
