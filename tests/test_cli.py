@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import build
+
 from horen.cli import main
 
 P1, P2 = "Who leads Zorblat Industries?", "Which river flows through Cairo?"

@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import build
 from safetensors.torch import load_file
 
 import horen
 from horen.editors import GRACE, HoReN
 from horen.editors.wrapper import CodebookEditor
 from horen.text import make_batch
-
-from conftest import build
 
 P1, T1 = "Who leads Zorblat Industries?", "Mira Quell"
 P2, T2 = "What is the capital of Veltria?", "Osk"

@@ -1,7 +1,8 @@
 """bench-speed's two paths compute the same thing (tiny model; timing is not asserted)."""
 
-import horen
 from conftest import build
+
+import horen
 from horen import speed
 from horen.data.record import EditRecord
 

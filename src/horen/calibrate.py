@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .codebook import NO_MATCH, normalize, pool, refine, route_cosine
-from .layer import PromptContext
 from .text import make_batch
 
 DEFAULT_TAUS = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))  # 0.5 .. 0.975

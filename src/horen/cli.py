@@ -111,6 +111,7 @@ def cmd_edits(args) -> int:
 
 def cmd_calibrate(args) -> int:
     import horen
+
     from .calibrate import DEFAULT_TAUS, format_table, sweep
     from .data import load_dataset
 

@@ -205,7 +205,7 @@ class Codebook:
             buf[row : n - 1] = buf[row + 1 : n].clone()
         del self.labels[row], self.ids[row]
 
-    def to(self, device) -> "Codebook":
+    def to(self, device) -> Codebook:
         self._keys, self._values, self._radii = (
             t.to(device) for t in (self._keys, self._values, self._radii)
         )

@@ -51,7 +51,7 @@ class PromptContext:
     calls: int = 0
 
     @classmethod
-    def of(cls, batch, **kwargs) -> "PromptContext":
+    def of(cls, batch, **kwargs) -> PromptContext:
         """The context of a :class:`horen.text.Batch`."""
         return cls(batch.prompt_mask, pool_mask=batch.pool_mask, **kwargs)
 

@@ -81,10 +81,10 @@ class Batch:
     target_mask: torch.Tensor
     pool_mask: torch.Tensor
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in self.__dict__.values()))
 
-    def select(self, rows: list[int]) -> "Batch":
+    def select(self, rows: list[int]) -> Batch:
         """The sub-batch of ``rows``."""
         return Batch(*(t[rows] for t in self.__dict__.values()))
 

@@ -37,17 +37,17 @@ from ..models import edit_site, fingerprint, prepare_tokenizer
 from ..text import Batch, encode_prompt, pool_positions
 
 FORMAT = "horen-edits/1"
-METHODS: dict[str, type["Editor"]] = {}
+METHODS: dict[str, type[Editor]] = {}
 """Method name -> editor class. Filled by :func:`register`."""
 
 
-def register(cls: type["Editor"]) -> type["Editor"]:
+def register(cls: type[Editor]) -> type[Editor]:
     """Class decorator that makes a method known to the CLI, configs and benchmark."""
     METHODS[cls.method] = cls
     return cls
 
 
-def get_method(name: str) -> type["Editor"]:
+def get_method(name: str) -> type[Editor]:
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]
@@ -70,7 +70,7 @@ class EditorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EditorConfig":
+    def from_dict(cls, data: dict) -> EditorConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -326,7 +326,7 @@ class Editor(ABC):
         return path
 
     @classmethod
-    def load(cls, model, tokenizer, path: str | os.PathLike) -> "Editor":
+    def load(cls, model, tokenizer, path: str | os.PathLike) -> Editor:
         """Load a saved edit set onto a freshly loaded base ``model``.
 
         Works on the base class too (``Editor.load``): the method is read from the file.

@@ -27,7 +27,6 @@ from ..models import routing_defaults
 from .base import register
 from .wrapper import CodebookEditor, TrainConfig
 
-
 EXACT_ROUTER_MIN = 2048  # codebook size from which the chunked exact router pays off
 
 
@@ -91,7 +90,7 @@ class HoReN(CodebookEditor):
 
     def match(self, q: torch.Tensor) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
-        args = dict(beta=cfg.beta, alpha=cfg.alpha, steps=cfg.hopfield_steps, eps=cfg.hopfield_eps)
+        args = {"beta": cfg.beta, "alpha": cfg.alpha, "steps": cfg.hopfield_steps, "eps": cfg.hopfield_eps}
         if cfg.normalize and cfg.index == "faiss" and len(keys):
             return self._faiss_router().route(q, keys, self.tau, **args)[0]
         if cfg.normalize and len(keys) >= EXACT_ROUTER_MIN:

@@ -111,7 +111,7 @@ class CodebookEditor(Editor):
         )
         base = get_module(model, site.path)
         if isinstance(base, CodebookLayer):
-            raise ValueError(f"{site.path} is already wrapped by an editor; close() it first")
+            raise ValueError(f"{site.path} is already wrapped by an editor; close() it first")  # noqa: TRY004
         self.codebook = Codebook(site.d_in, self.values.shape, device=base.weight.device)
         self.layer = CodebookLayer(base, self)
         set_module(model, site.path, self.layer)
