@@ -3,8 +3,8 @@
 import math
 
 import torch
-
 from conftest import build
+
 from horen import HoReN
 from horen.calibrate import format_table, pooled, simulate, sweep
 from horen.codebook import normalize

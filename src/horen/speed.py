@@ -74,7 +74,7 @@ def run_speed(n: int = 200, threads: int = 2, batch_size: int = 32, micro_batch:
         "model": getattr(model, "horen_name", model_name),
         "threads": threads,
         "batch_size": batch_size,
-        "micro_batch": fast_editor.config.micro_batch or 8,
+        "micro_batch": micro_batch or fast_editor.micro_batch_size,
         "settings": settings,
         "reference": ref,
         "fast": fast,

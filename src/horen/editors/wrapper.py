@@ -153,7 +153,7 @@ class CodebookEditor(Editor):
         early stop); an edit that trains an entry an earlier edit of the same micro-batch
         trains waits for it (a later "wave").
         """
-        size = micro_batch or self.config.micro_batch or (32 if self.device.type == "cuda" else 8)
+        size = micro_batch or self.micro_batch_size
         ids = []
         for start in range(0, len(records), size):
             chunk = list(records[start : start + size])
@@ -162,6 +162,11 @@ class CodebookEditor(Editor):
             seconds = (time.perf_counter() - began) / len(chunk)
             ids += [self._log(r, {**info, "batch": len(chunk)}, seconds) for r, info in zip(chunk, infos)]
         return ids
+
+    @property
+    def micro_batch_size(self) -> int:
+        """The configured micro-batch, else 8 edits on a CPU and 32 on a GPU."""
+        return self.config.micro_batch or (32 if self.device.type == "cuda" else 8)
 
     def _apply_batch(self, records) -> list[dict]:
         chat = self.config.chat
