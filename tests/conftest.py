@@ -91,3 +91,11 @@ def family(request) -> str:
 @pytest.fixture
 def tiny(family):
     return build(family)
+
+
+@pytest.fixture(autouse=True)
+def _reference_cache(tmp_path, monkeypatch):
+    """Benchmarks in tests cache the base reference in a temporary folder, not in ~/.cache."""
+    import horen.bench.reference
+
+    monkeypatch.setattr(horen.bench.reference, "default_root", lambda: tmp_path / "reference")

@@ -240,3 +240,39 @@ def test_unke_records_get_the_long_form_scorer(tmp_path):
     unke = result["checkpoints"][-1]["unke"]
     assert {"original_bleu", "paraphrase_rougeL", "sub_question_bertscore"} <= set(unke)
     assert result["checkpoints"][-1]["teacher_forced"]["loc"] is None  # UnKE has no locality
+
+
+def test_base_reference_is_cached_across_runs(tmp_path, monkeypatch):
+    from horen.bench import reference
+
+    first = runner.run_bench(cfg(tmp_path / "a"), RECORDS, build("llama"))
+    files = sorted(p.name for p in (tmp_path / "reference").iterdir())
+    assert [f.split("-")[0] for f in files] == ["gen", "tf"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached reference should have been read")
+
+    monkeypatch.setattr(runner.metrics, "base_reference", fail)
+    second = runner.run_bench(cfg(tmp_path / "b"), RECORDS, build("llama"))
+    assert scores(second) == scores(first)
+
+    other = build("llama", seed=1)  # another model: another key
+    ed = runner.make_editor(cfg(tmp_path), *other)
+    key = reference.reference_key(ed, RECORDS, "tf", 2)
+    ed.close()
+    assert f"tf-{key}.pt" not in files
+
+
+def test_unreadable_reference_cache_is_recomputed(tmp_path):
+    from horen.bench import reference
+
+    model, tok = build("gpt2")
+    ed = runner.make_editor(cfg(tmp_path), model, tok)
+    good = reference.cached_base_reference(ed, RECORDS, ["tf"], 2, root=tmp_path / "r")
+    (path,) = (tmp_path / "r").iterdir()
+    path.write_bytes(b"not a torch file")
+    again = reference.cached_base_reference(ed, RECORDS, ["tf"], 2, root=tmp_path / "r")
+    assert [None if t is None else t.tolist() for t in again.tf_loc] == [
+        None if t is None else t.tolist() for t in good.tf_loc
+    ]
+    assert again.gen_loc == [None] * len(RECORDS)

@@ -228,3 +228,12 @@ def test_unke_splits_on_an_oracle():
     assert row["sub_question_rouge1"] == pytest.approx(1.0)
     assert row["paraphrase_rougeL"] < 1.0
     assert not math.isnan(M.summarize([row], "unke")["original_bleu"])
+
+
+def test_by_length_batches_every_index_once_longest_first():
+    lengths = [3, 9, 4, 8, 1, 9, 2]
+    batches = M.by_length(lengths, 3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 3 for b in batches)
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)

@@ -196,6 +196,19 @@ def base_reference(
 
 
 # ---- teacher-forced ---------------------------------------------------------------------------
+def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of indices with similar ``lengths`` (longest first), so padding is small.
+
+    Every index appears once; the caller puts results back in the original order.
+
+    Example:
+        >>> by_length([3, 9, 4, 8], 2)
+        [[1, 3], [2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def target_predictions(
     editor, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 16
@@ -203,15 +216,17 @@ def target_predictions(
     """Per pair: ``(argmax ids at the target positions, target ids)``, batched and right-padded.
 
     The prediction for target token t is read at position t - 1 of ``prompt + " " + target``.
+    Pairs are batched by text length (:func:`by_length`); the result keeps the input order.
     """
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        p, t = prompts[start : start + batch_size], targets[start : start + batch_size]
-        batch = make_batch(editor.tokenizer, editor.model, p, t, _chat(editor))
+    chat = _chat(editor)
+    out: list = [None] * len(prompts)
+    for idx in by_length([len(p) + len(t) for p, t in zip(prompts, targets)], batch_size):
+        p, t = [prompts[i] for i in idx], [targets[i] for i in idx]
+        batch = make_batch(editor.tokenizer, editor.model, p, t, chat)
         pred = editor.logits(batch).argmax(-1).cpu()
-        for i in range(len(p)):
-            cols = batch.target_mask[i].nonzero().squeeze(1)
-            out.append((pred[i, cols - 1], batch.input_ids[i, cols]))
+        for row, i in enumerate(idx):
+            cols = batch.target_mask[row].nonzero().squeeze(1)
+            out[i] = (pred[row, cols - 1], batch.input_ids[row, cols])
     return out
 
 
@@ -259,11 +274,18 @@ def answer_ids(editor, prompt: str, answer: str) -> list[int]:
 def generate_answers(
     editor, prompts: Sequence[str], lengths: Sequence[int], batch_size: int = 16
 ) -> list[str]:
-    """Greedy answers (KV cache on, batched), each decoded from at most ``lengths[i]`` tokens."""
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        p, n = prompts[start : start + batch_size], lengths[start : start + batch_size]
-        out += editor.generate(list(p), max_new_tokens=max(n), use_cache=True)
+    """Greedy answers (KV cache on, batched), each decoded from at most ``lengths[i]`` tokens.
+
+    Prompts asking for similar answer lengths are batched together (:func:`by_length`), so a
+    batch decodes about as many steps as its rows need; the result keeps the input order.
+    """
+    out: list = [None] * len(prompts)
+    for idx in by_length(lengths, batch_size):
+        texts = editor.generate(
+            [prompts[i] for i in idx], max_new_tokens=max(lengths[i] for i in idx), use_cache=True
+        )
+        for i, text in zip(idx, texts):
+            out[i] = text
     return out
 
 

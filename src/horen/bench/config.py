@@ -73,6 +73,9 @@ class BenchConfig:
         default=256, metadata={"help": "longest UnKE answer generated"}
     )
     progress: bool = dataclasses.field(default=True, metadata={"help": "tqdm progress bar"})
+    cache_reference: bool = dataclasses.field(
+        default=True, metadata={"help": "reuse the base model's locality answers across runs"}
+    )
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -153,6 +156,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--data-root", default=None, help="folder holding the datasets (default ../shared/data)")
     a("--unke-max-tokens", type=int, default=256, help="longest UnKE answer generated")
     a("--no-progress", action="store_true", help="no progress bar")
+    a(
+        "--no-reference-cache",
+        action="store_true",
+        help="recompute the base model's locality answers (default: cached in $HOREN_CACHE)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -178,4 +186,5 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         skip_bad=args.skip_bad,
         unke_max_tokens=args.unke_max_tokens,
         progress=not args.no_progress,
+        cache_reference=not args.no_reference_cache,
     )

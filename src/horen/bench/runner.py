@@ -1,7 +1,8 @@
 """Running one benchmark: :func:`run_bench`.
 
 The loop: pick the records (file order, or shuffled with the seed), load the model, build
-the editor, compute the base model's locality answers once (:func:`horen.metrics.base_reference`),
+the editor, compute the base model's locality answers once (:func:`horen.metrics.base_reference`,
+cached across runs by :mod:`.reference`),
 then apply edits 1..N one at a time. Under ``sequential`` the edited model f_n is scored on
 records 1..n at each checkpoint n; under ``immediate`` each record is scored right after its
 own edit and checkpoint n reports the mean over records 1..n.
@@ -30,6 +31,7 @@ from ..data.record import EditRecord
 from ..editors import Editor, get_method
 from . import results as res
 from .config import BenchConfig, resolve_checkpoints
+from .reference import cached_base_reference
 
 # the fields a resumed run must share with the run it continues
 _RESUME_KEYS = (
@@ -163,7 +165,10 @@ def run_bench(
         editor = make_editor(cfg, model, tokenizer)
     try:
         start = time.perf_counter()
-        reference = metrics.base_reference(editor, records, scorers, cfg.batch_size)
+        if cfg.cache_reference:
+            reference = cached_base_reference(editor, records, scorers, cfg.batch_size)
+        else:
+            reference = metrics.base_reference(editor, records, scorers, cfg.batch_size)
         base_seconds = time.perf_counter() - start
         if state is None:
             result = res.header(cfg, editor, data_info, model_name, checkpoints, scorers)
