@@ -78,13 +78,26 @@ def test_unmatched_prompts_are_bit_identical(tiny):
 def test_truncated_training_equals_full_forward(tiny):
     model, tok = tiny
     ed = HoReN(model, tok, early_stop=False, max_steps=8)
-    batch = make_batch(tok, model, [P1], [T1])
-    captured = ed.suffix.capture(batch.input_ids, batch.attention_mask)
-    init = torch.zeros(1, ed.site.d_out)
-    fast, s1 = ed.train_value(init, captured, batch, truncated=True)
-    slow, s2 = ed.train_value(init, captured, batch, truncated=False)
+    # prompts and targets of different lengths: the tail aligns the last prompt tokens
+    batch = make_batch(tok, model, [P1, "Paris", OTHER], [T1, "the long river Nile", "Osk"])
+    init = torch.zeros(3, ed.site.d_out)
+    fast, s1 = ed.train_value(init, batch, truncated=True)
+    slow, s2 = ed.train_value(init, batch, truncated=False)
     assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
-    assert s1[0]["loss"] == pytest.approx(s2[0]["loss"], rel=1e-4)
+    for a, b in zip(s1, s2):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_tail_logits_equal_full_model_logits(tiny):
+    model, tok = tiny
+    ed = HoReN(model, tok)
+    batch = make_batch(tok, model, [P1, "Paris", OTHER], [T1, "the long river Nile", "Osk"])
+    values = torch.randn(3, ed.site.d_out)
+    rows, tail_logits, labels = ed._tail_forward(batch)(values)
+    rows2, full_logits, labels2 = ed._full_forward(batch)(values)
+    assert torch.equal(rows, rows2) and torch.equal(labels, labels2)
+    assert torch.allclose(tail_logits, full_logits, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(tail_logits, ed._tail_forward(batch)(values * 0)[1], atol=1e-3)
 
 
 def test_cache_and_no_cache_generation_agree(tiny):
@@ -349,3 +362,26 @@ def test_big_codebooks_route_through_the_exact_router_with_the_same_decisions(ti
     for k in keys:
         approx.codebook.add(k, torch.zeros(ed.site.d_out), "x")
     assert (approx.match(keys[:5]) == torch.arange(5)).all()  # stored keys find themselves
+
+
+def test_a_model_whose_layers_do_not_replay_trains_through_the_full_model(tiny, monkeypatch):
+    model, tok = tiny
+    ed = HoReN(model, tok, early_stop=False, max_steps=3)
+    real = ed.suffix.logits
+    monkeypatch.setattr(ed.suffix, "logits", lambda *a: real(*a) + 1.0)  # a broken replay
+    batch = make_batch(tok, model, [P1], [T1])
+    with pytest.warns(UserWarning, match="full model"):
+        broken, _ = ed.train_value(torch.zeros(1, ed.site.d_out), batch)
+    assert ed._tail_ok is False
+    full, _ = ed.train_value(torch.zeros(1, ed.site.d_out), batch, truncated=False)
+    assert torch.equal(broken, full)
+
+
+def test_logits_at_chosen_columns_equal_the_full_logits_there(tiny):
+    model, tok = tiny
+    ed = HoReN(model, tok, tau=-1.0)
+    ed.edit(P1, T1)
+    batch = make_batch(tok, model, [P1, OTHER], [T1, "Osk"])
+    columns = torch.tensor([1, 3, batch.input_ids.shape[1] - 1])
+    with torch.no_grad():
+        assert torch.allclose(ed.logits(batch, columns), ed.logits(batch)[:, columns], atol=1e-5)

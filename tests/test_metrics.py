@@ -46,7 +46,7 @@ class Oracle:
         self.config = SimpleNamespace(chat=False)
         self.wrong, self.answers = set(wrong), answers or {}
 
-    def logits(self, batch):
+    def logits(self, batch, columns=None):
         b, t = batch.input_ids.shape
         logits = torch.zeros(b, t, len(self.tokenizer))
         nxt = batch.input_ids.roll(-1, dims=1)
@@ -59,7 +59,7 @@ class Oracle:
                     logits[
                         i, cols[k] - 1, (batch.input_ids[i, cols[k]] + 1) % len(self.tokenizer)
                     ] = 1
-        return logits
+        return logits if columns is None else logits[:, columns]
 
     def generate(self, prompts, max_new_tokens=32, use_cache=True):
         return [self.answers.get(p, "") for p in prompts]

@@ -223,10 +223,14 @@ def target_predictions(
     for idx in by_length([len(p) + len(t) for p, t in zip(prompts, targets)], batch_size):
         p, t = [prompts[i] for i in idx], [targets[i] for i in idx]
         batch = make_batch(editor.tokenizer, editor.model, p, t, chat)
-        pred = editor.logits(batch).argmax(-1).cpu()
+        # the head runs only where some row predicts a target token
+        columns = (batch.target_mask.any(0).nonzero().squeeze(1) - 1).clamp_min(0)
+        where = torch.full((batch.input_ids.shape[1],), -1, dtype=torch.long)
+        where[columns] = torch.arange(len(columns))
+        pred = editor.logits(batch, columns).argmax(-1).cpu()
         for row, i in enumerate(idx):
             cols = batch.target_mask[row].nonzero().squeeze(1)
-            out[i] = (pred[row, cols - 1], batch.input_ids[row, cols])
+            out[i] = (pred[row, where[cols - 1]], batch.input_ids[row, cols])
     return out
 
 

@@ -243,11 +243,20 @@ class Editor(ABC):
         return nullcontext()
 
     @torch.no_grad()
-    def logits(self, batch: Batch) -> torch.Tensor:
-        """Full logits ``(B, T, vocab)`` of a right-padded :class:`~horen.text.Batch`."""
+    def logits(self, batch: Batch, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, T, vocab)`` of a right-padded :class:`~horen.text.Batch`.
+
+        Args:
+            batch: the sequences.
+            columns: if given, a sorted 1-D tensor of positions: the LM head runs there only
+                and the result is ``(B, len(columns), vocab)`` (the other positions' logits
+                are never computed; the layers below run on every position as before).
+        """
         batch = batch.to(self.device)
+        keep = {} if columns is None else {"logits_to_keep": columns.to(self.device)}
         with self.prompt_context(PromptContext.of(batch)):
-            return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep)
+        return out.logits
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 32, use_cache: bool = True):

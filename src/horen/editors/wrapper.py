@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -117,6 +118,7 @@ class CodebookEditor(Editor):
         set_module(model, site.path, self.layer)
         self.suffix = Suffix(model, site)
         self.undo: dict[str, torch.Tensor] = {}
+        self._tail_ok: bool | None = None  # does the cached-prefix training match? (checked once)
 
     # ---- method-specific ---------------------------------------------------------------
     def query(self, acts: torch.Tensor, ctx: PromptContext) -> torch.Tensor:
@@ -186,9 +188,8 @@ class CodebookEditor(Editor):
                 if info["case"] == "extend":
                     self.snapshot(f"undo.{self.next_edit_id + i}.{info['entry']}", row)
             sub = batch if len(idx) == len(plan) else batch.select(idx)
-            sub_captured = captured if sub is batch else self.suffix.capture(sub.input_ids, sub.attention_mask)
             init = torch.cat([self.initial_value(plan[i][0], plan[i][1]) for i in idx])
-            values, stats = self.train_value(init, sub_captured, sub)
+            values, stats = self.train_value(init, sub)
             for k, i in enumerate(idx):
                 self.codebook.set_value(plan[i][0], values[k])
                 plan[i][1].update(stats[k])
@@ -210,13 +211,14 @@ class CodebookEditor(Editor):
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + info["entry"])
         return self.values.init(self.config.value_init, gen)[None].to(self.codebook.device)
 
-    def train_value(self, init: torch.Tensor, captured, batch: Batch, truncated: bool | None = None):
+    def train_value(self, init: torch.Tensor, batch: Batch, truncated: bool | None = None):
         """Adam on each row's mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
 
         Every row has its own value and its own early stop; the summed loss gives each value
         exactly the gradient of its own row (Adam is per element), so a batch trains as its
-        rows would alone. With ``truncated`` only layers L..end run (on ``captured``);
-        otherwise the full model runs every step (the reference's cost; same results).
+        rows would alone. With ``truncated`` only layers L..end run, on the last prompt token
+        and the targets (:meth:`horen.suffix.Suffix.tail`); otherwise the full model runs
+        every step (the reference's cost; same results up to float rounding).
 
         Returns:
             ``(values, stats)``: the kept values ``(B, ...)`` (the best seen with early
@@ -224,8 +226,8 @@ class CodebookEditor(Editor):
         """
         cfg = self.config
         truncated = cfg.truncate if truncated is None else truncated
-        rows, cols = batch.target_mask.nonzero(as_tuple=True)
-        labels = batch.input_ids[rows, cols]
+        forward = self._tail_forward(batch, init) if truncated else self._full_forward(batch)
+        rows, _, labels = forward(None)
         n_b = init.shape[0]
         count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
         value = init.detach().clone().requires_grad_(True)
@@ -235,12 +237,7 @@ class CodebookEditor(Editor):
         stale, steps = torch.zeros(n_b, dtype=torch.long), torch.zeros(n_b, dtype=torch.long)
         active = torch.ones(n_b, dtype=torch.bool)
         for step in range(1, cfg.max_steps + 1):
-            with self.layer.prompt(PromptContext.of(batch, forced_values=value)):
-                if truncated:
-                    logits = self.suffix.logits(captured, rows, cols - 1)
-                else:
-                    out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-                    logits = out.logits[rows, cols - 1].float()
+            _, logits, _ = forward(value)
             token_loss = F.cross_entropy(logits, labels, reduction="none")
             per_row = torch.zeros(n_b, device=labels.device).index_add(0, rows, token_loss) / count
             current = per_row.detach().cpu()
@@ -264,6 +261,50 @@ class CodebookEditor(Editor):
             for b in range(n_b)
         ]
         return best_value, stats
+
+    def _full_forward(self, batch: Batch):
+        """``forward(values) -> (rows, logits, labels)`` through the whole model."""
+        rows, cols = batch.target_mask.nonzero(as_tuple=True)
+        labels = batch.input_ids[rows, cols]
+
+        def forward(values):
+            if values is None:
+                return rows, None, labels
+            with self.layer.prompt(PromptContext.of(batch, forced_values=values)):
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            return rows, out.logits[rows, cols - 1].float(), labels
+
+        return forward
+
+    def _tail_forward(self, batch: Batch, check: torch.Tensor | None = None):
+        """``forward(values) -> (rows, logits, labels)`` through layers L..end, on the tail.
+
+        The first time (per editor) it is checked against the full model with the values
+        ``check``; a model whose layers do not replay that way trains through the full model.
+        """
+        if self._tail_ok is False:
+            return self._full_forward(batch)
+        tail = self.suffix.tail(batch, self.tokenizer.pad_token_id or 0)
+
+        def forward(values):
+            if values is None:
+                return tail.rows, None, tail.labels
+            with self.layer.prompt(PromptContext(tail.prompt_mask, forced_values=values)):
+                logits = self.suffix.logits(tail.captured, tail.rows, tail.cols)
+            return tail.rows, logits, tail.labels
+
+        if self._tail_ok is None and check is not None:
+            with torch.no_grad():
+                fast, slow = forward(check)[1], self._full_forward(batch)(check)[1]
+            self._tail_ok = bool(torch.allclose(fast, slow, atol=1e-3, rtol=1e-3))
+            if not self._tail_ok:
+                warnings.warn(
+                    f"{type(self.model).__name__}: layers {self.site.layer}.. do not replay on a "
+                    "cached prefix; value training runs the full model (slower, same result)",
+                    stacklevel=3,
+                )
+                return self._full_forward(batch)
+        return forward
 
     # ---- rollback bookkeeping --------------------------------------------------------------
     def snapshot(self, eid_key: str, row: int) -> None:
