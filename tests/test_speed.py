@@ -22,4 +22,5 @@ def test_reference_and_fast_paths_agree(monkeypatch, tmp_path):
     assert r["same_codebook_decisions"]
     assert abs(r["op_reference"] - r["op_fast"]) < 0.01
     assert {"edit_speedup", "eval_speedup", "op_reference", "op_fast", "n"} <= set(r)
+    assert {"edit_speedup_default", "op_default"} <= set(r) and r["default"]["mean_steps"] >= 1
     assert (tmp_path / "speed__zsre__n3.json").exists()
