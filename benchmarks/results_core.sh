@@ -10,11 +10,16 @@ H=${HOREN:-.venv/bin/horen}
 bench() { $H bench --threads 2 --out results --no-progress --resume "$@"; }
 step() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
+if step speed; then
+  $H bench-speed --n 200 --threads 2 --out results
+fi
 if step zsre1000; then
   bench --method horen --dataset zsre --n 1000 --checkpoints 1,10,100,1000
-  $H bench-speed --n 200 --threads 2 --out results
   bench --method grace --dataset zsre --n 1000 --checkpoints 1,10,100,1000 --scorers tf
   bench --method grace-norm --dataset zsre --n 1000 --checkpoints 1,10,100,1000 --scorers tf
+fi
+if step synthetic; then  # the long stream (issue 5): 10K fictional facts, teacher-forced only
+  bench --method horen --dataset synthetic:10000 --scorers tf
 fi
 if step counterfact; then
   for m in horen grace grace-norm; do bench --method $m --dataset counterfact --n 1000; done
