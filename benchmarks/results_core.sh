@@ -33,4 +33,4 @@ fi
 if step zsre; then
   for m in horen grace grace-norm; do bench --method $m --dataset zsre; done
 fi
-$H report results/*__sequential.json --out results/report --readme README.md
+$H report results/*__sequential.json results/speed__*.json --out results/report --readme README.md

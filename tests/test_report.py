@@ -100,5 +100,33 @@ def test_readme_section_is_replaced_between_markers(results_dir, tmp_path):
 def test_not_a_results_file(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text("{}")
-    with pytest.raises(ValueError, match="not a horen bench results file"):
+    with pytest.raises(ValueError, match="neither a horen bench nor a bench-speed"):
         report.load_results([bad])
+
+
+def test_speed_results_get_their_own_table(results_dir):
+    phase = {
+        "edits_per_second": 0.25,
+        "eval_sequences_per_second": 12.0,
+        "teacher_forced": {"op": 0.92},
+    }
+    speed = {
+        "n": 200,
+        "model": "tiny",
+        "threads": 2,
+        "reference": phase,
+        "fast": {**phase, "edits_per_second": 2.5},
+        "default": {**phase, "edits_per_second": 4.0, "teacher_forced": {"op": 0.91}},
+        "edit_speedup": 10.0,
+        "edit_speedup_default": 16.0,
+        "eval_speedup": 1.0,
+        "command": "horen bench-speed --n 200",
+    }
+    (results_dir / "speed__zsre__n200.json").write_text(json.dumps(speed))
+    results = report.load_results([results_dir / "*.json"])
+    text = report.markdown_report(results)
+    assert "### Speed: 200 ZsRE edits on tiny" in text
+    assert "| fast path, same settings | 2.500 | 0.400 | 12.0 | 0.920 |" in text
+    assert "Edit speedup 10.00x (16.00x with the defaults)" in text
+    assert "horen bench --method horen" in text  # the bench runs are still there
+    assert len(report.plot_results(results, results_dir / "plots")) == 2  # no plot for speed

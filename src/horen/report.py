@@ -64,11 +64,20 @@ def load_results(paths) -> list[dict]:
     results = []
     for f in files:
         data = json.loads(Path(f).read_text())
-        if "checkpoints" not in data or "method" not in data:
-            raise ValueError(f"{f} is not a horen bench results file")
+        if not _is_bench(data) and not _is_speed(data):
+            raise ValueError(f"{f} is neither a horen bench nor a bench-speed results file")
         data.setdefault("file", Path(f).name)
         results.append(data)
-    return sorted(results, key=lambda r: (r["method"], r["dataset"], r["model"], r["protocol"]))
+    key = ("method", "dataset", "model", "protocol", "n")
+    return sorted(results, key=lambda r: tuple(str(r.get(k, "")) for k in key))
+
+
+def _is_bench(data: dict) -> bool:
+    return "checkpoints" in data and "method" in data
+
+
+def _is_speed(data: dict) -> bool:
+    return "edit_speedup" in data and "reference" in data
 
 
 def _fmt(value) -> str:
@@ -80,8 +89,47 @@ def _run_label(r: dict) -> str:
     return f"{r['method']}{extra}"
 
 
+def speed_report(speeds: list[dict]) -> list[str]:
+    """Markdown lines for ``horen bench-speed`` results: one table per run."""
+    lines = []
+    names = {
+        "reference": "reference (full model, batch 1)",
+        "fast": "fast path, same settings",
+        "default": "fast path, horen defaults (early stop)",
+    }
+    for r in speeds:
+        lines += [f"### Speed: {r['n']} ZsRE edits on {r.get('model')}", ""]
+        lines += ["| path | edits/s | s/edit | eval sequences/s | teacher-forced OP |"]
+        lines += ["|---|---|---|---|---|"]
+        for phase, name in names.items():
+            if phase not in r:
+                continue
+            p = r[phase]
+            op = p["teacher_forced"]["op"]
+            row = [name, f"{p['edits_per_second']:.3f}", f"{1 / p['edits_per_second']:.3f}"]
+            row += [f"{p['eval_sequences_per_second']:.1f}", _fmt(op)]
+            lines.append("| " + " | ".join(row) + " |")
+        default = r.get("edit_speedup_default")
+        also = f" ({default:.2f}x with the defaults)" if default is not None else ""
+        machine = r.get("machine", {})
+        load = machine.get("loadavg_at_end")
+        lines += [
+            "",
+            f"Edit speedup {r['edit_speedup']:.2f}x{also}, evaluation speedup "
+            f"{r['eval_speedup']:.2f}x; same codebook decisions: {r.get('same_codebook_decisions')}; "
+            f"peak RSS {r.get('peak_rss_mb', 0):.0f} MB; {r.get('threads')} threads"
+            + (f", load average at the end {load[0]:.1f}" if load else "")
+            + f". Settings of the first two paths: {r.get('settings')}; micro-batch "
+            f"{r.get('micro_batch')}. Command: `{r.get('command')}`",
+            "",
+        ]
+    return lines
+
+
 def markdown_report(results: list[dict]) -> str:
-    """One Markdown table per scorer, then the command that reproduces each run."""
+    """One Markdown table per scorer, the speed runs, then the command behind each run."""
+    speeds = [r for r in results if _is_speed(r)]
+    results = [r for r in results if _is_bench(r)]
     lines = []
     for scorer, columns in COLUMNS.items():
         runs = [r for r in results if any(scorer in c for c in r["checkpoints"])]
@@ -98,7 +146,7 @@ def markdown_report(results: list[dict]) -> str:
                 cells += [_fmt(c[scorer].get(key)) for _, key in columns]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["### Runs", ""]
+    lines += ["### Runs", ""] if results else []
     for r in results:
         status = "" if r.get("complete", True) else " (incomplete)"
         per_edit = r.get("time_per_edit")
@@ -106,6 +154,8 @@ def markdown_report(results: list[dict]) -> str:
         git = r.get("git") or {}
         commit = (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
         lines.append(f"- `{r['file']}`{status}{timing}, commit {commit}: `{r.get('command', '?')}`")
+    if speeds:
+        lines += [""] + speed_report(speeds)
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +168,7 @@ def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    results = [r for r in results if _is_bench(r)]
     written = []
     for dataset in sorted({r["dataset"] for r in results}):
         for scorer, keys in PLOTTED.items():
