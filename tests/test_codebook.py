@@ -77,3 +77,19 @@ def test_codebook_grows_geometrically_and_removes_with_stable_ids():
     assert cb.ids[row] == 20  # ids are never reused
     with pytest.raises(KeyError):
         cb.row(5)
+
+
+def test_reserve_and_shrink_keep_the_entries():
+    cb = Codebook(3, (2,))
+    cb.reserve(100)
+    assert cb.capacity == 100
+    for i in range(40):
+        cb.add(torch.full((3,), float(i)), torch.full((2,), -float(i)), f"t{i}", radius=i)
+    assert cb.capacity == 100  # no regrowth inside the reservation
+    keys, values, radii = cb.keys.clone(), cb.values.clone(), cb.radii.clone()
+    cb.shrink()
+    assert cb.capacity == 40
+    assert torch.equal(cb.keys, keys) and torch.equal(cb.values, values)
+    assert torch.equal(cb.radii, radii)
+    cb.add(torch.zeros(3), torch.zeros(2), "more")
+    assert cb.capacity == 80 and len(cb) == 41

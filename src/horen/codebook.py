@@ -162,10 +162,26 @@ class Codebook:
     def device(self) -> torch.device:
         return self._keys.device
 
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (``>= len(self)``)."""
+        return self._keys.shape[0]
+
+    def reserve(self, n: int) -> None:
+        """Allocate room for ``n`` entries now (a stream of known length never regrows)."""
+        if n > self.capacity:
+            self._resize(n)
+
+    def shrink(self) -> None:
+        """Free the rows allocated beyond ``len(self)`` (geometric growth leaves up to half)."""
+        if self.capacity > len(self):
+            self._resize(len(self))
+
     def _reserve(self, n: int) -> None:
-        if n <= self._keys.shape[0]:
-            return
-        cap = max(n, 2 * self._keys.shape[0], 16)
+        if n > self.capacity:
+            self._resize(max(n, 2 * self.capacity, 16))
+
+    def _resize(self, cap: int) -> None:
         used = len(self)
         keys = self._keys.new_zeros(cap, self.d_key)
         values = self._values.new_zeros(cap, *self.value_shape)

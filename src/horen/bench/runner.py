@@ -194,7 +194,7 @@ def run_bench(
     return result
 
 
-PROGRESS_CHUNK = 32  # edits between progress-bar updates (the editor micro-batches inside)
+PROGRESS_CHUNK = 32  # edits between progress-bar updates, at least (the editor micro-batches inside)
 
 
 def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, side, on_checkpoint):
@@ -215,7 +215,8 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
             # as one at a time, see CodebookEditor.apply_many); immediate: one at a time
             stop = t + 1
             if cfg.protocol == "sequential":
-                stop = min([c for c in checkpoints if c > t] + [t + PROGRESS_CHUNK, len(records)])
+                chunk = max(PROGRESS_CHUNK, getattr(editor, "micro_batch_size", 1))
+                stop = min([c for c in checkpoints if c > t] + [t + chunk, len(records)])
             start = time.perf_counter()
             editor.apply_many(records[t:stop])
             state["edit_seconds"] += time.perf_counter() - start

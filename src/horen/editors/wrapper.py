@@ -54,7 +54,7 @@ class TrainConfig(EditorConfig):
     )
     micro_batch: int | None = dataclasses.field(
         default=None,
-        metadata={"help": "edits whose values train together in apply_many; None = 8 CPU, 32 GPU"},
+        metadata={"help": "edits whose values train together in apply_many; None = 32 CPU, 64 GPU"},
     )
 
     def __post_init__(self) -> None:
@@ -167,8 +167,12 @@ class CodebookEditor(Editor):
 
     @property
     def micro_batch_size(self) -> int:
-        """The configured micro-batch, else 8 edits on a CPU and 32 on a GPU."""
-        return self.config.micro_batch or (32 if self.device.type == "cuda" else 8)
+        """The configured micro-batch, else 32 edits on a CPU and 64 on a GPU.
+
+        Larger batches share each read of the LM head (the biggest matrix of a step) among
+        more target tokens: 0.60 -> 0.48 s/edit from 8 to 32 on the embedded model, 2 threads.
+        """
+        return self.config.micro_batch or (64 if self.device.type == "cuda" else 32)
 
     def _apply_batch(self, records) -> list[dict]:
         chat = self.config.chat
