@@ -5,11 +5,12 @@ states entering layer L are computed once per edit (:meth:`Suffix.capture`, stop
 forward there) and every training step runs layers L..end, the final norm and the LM head,
 the head only at the positions whose logits the loss needs (:meth:`Suffix.logits`).
 
-The value is added at the LAST prompt token, so no position before it changes either, in any
-layer. :meth:`Suffix.tail` therefore runs the tokens before it once and keeps their keys and
-values (:class:`PrefixKV`); a training step then runs layers L..end on the last prompt token
-and the target tokens only (a few tokens instead of the whole sequence). Rows are aligned so
-that every row's last prompt token sits in the same column (left padding, explicit positions).
+The value is added at one position (HoReN: the LAST prompt token; ROME/MEMIT: the subject's
+last token), so no position before it changes either, in any layer. :meth:`Suffix.tail`
+therefore runs the tokens before it once and keeps their keys and values (:class:`PrefixKV`);
+a training step then runs layers L..end from that position on only (a few tokens instead of
+the whole sequence). Rows are aligned so that every row's edited position sits in the same
+column (left padding, explicit positions).
 
 The decoder layers of every family in :data:`horen.models.ARCHITECTURES` take the same
 keyword arguments at every depth (causal mask, rotary embeddings, positions), so the
@@ -51,7 +52,8 @@ class Tail(NamedTuple):
     """What :meth:`Suffix.tail` returns: replayable activations and the loss positions.
 
     ``captured`` is for :meth:`Suffix.logits`; ``prompt_mask`` ``(B, 1)`` marks column 0 (the
-    last prompt token) as the prompt; ``rows``/``cols`` index the logits predicting ``labels``.
+    edited position: for HoReN the last prompt token) as the prompt; ``rows``/``cols`` index
+    the tail logits predicting ``labels`` (the batch's target tokens).
     """
 
     captured: tuple
@@ -61,21 +63,21 @@ class Tail(NamedTuple):
     labels: torch.Tensor
 
 
-def align_last_prompt_token(batch: Batch, pad_id: int):
-    """``(input_ids, attention_mask, position_ids, P)`` with every last prompt token at column P.
+def align_at(batch: Batch, positions: list[int], pad_id: int):
+    """``(input_ids, attention_mask, position_ids, P)`` with row i's ``positions[i]`` at column P.
 
-    Prompts are left-padded, targets right-padded; positions count real tokens only, so each
-    row sees the positions it has in the right-padded batch.
+    Rows are left-padded before that position and right-padded after their last real token;
+    positions count real tokens only, so each row sees the positions it has in ``batch``.
     """
-    plen, tlen = batch.prompt_mask.sum(1).tolist(), batch.target_mask.sum(1).tolist()
-    last = max(plen) - 1
-    width = last + 1 + max(tlen)
-    ids = torch.full((len(plen), width), pad_id, dtype=torch.long, device=batch.input_ids.device)
+    lengths = batch.attention_mask.sum(1).tolist()
+    last = max(positions)
+    width = last + max(n - p for n, p in zip(lengths, positions))
+    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long, device=batch.input_ids.device)
     mask = torch.zeros_like(ids)
-    for i, (p, t) in enumerate(zip(plen, tlen)):
-        start = last + 1 - p
-        ids[i, start : last + 1 + t] = batch.input_ids[i, : p + t]
-        mask[i, start : last + 1 + t] = 1
+    for i, (n, p) in enumerate(zip(lengths, positions)):
+        start = last - p
+        ids[i, start : start + n] = batch.input_ids[i, :n]
+        mask[i, start : start + n] = 1
     return ids, mask, (mask.cumsum(1) - 1).clamp_min(0), last
 
 
@@ -117,16 +119,19 @@ class Suffix:
         return hidden.detach(), (args[1:] if args else ()), kwargs
 
     @torch.no_grad()
-    def tail(self, batch: Batch, pad_id: int) -> Tail:
-        """Activations entering layer L for the last prompt token and the targets only.
+    def tail(self, batch: Batch, pad_id: int, positions: list[int] | None = None) -> Tail:
+        """Activations entering layer L from each row's edited position onward only.
 
-        The tokens before the last prompt token run once through the whole model; their keys
-        and values at layers L..end are kept in a :class:`PrefixKV` that replaces the cache
-        in the captured call arguments.
+        The edited position is ``positions[i]`` (default: the last prompt token). The tokens
+        before it run once through the whole model; their keys and values at layers L..end
+        are kept in a :class:`PrefixKV` that replaces the cache in the captured call
+        arguments. In the tail, every row's edited position is column 0.
         """
         from transformers import Cache, DynamicCache
 
-        ids, mask, pos, last = align_last_prompt_token(batch, pad_id)
+        if positions is None:
+            positions = (batch.prompt_mask.sum(1) - 1).tolist()
+        ids, mask, pos, last = align_at(batch, positions, pad_id)
         cache = None
         if last > 0:
             cache = DynamicCache(config=self.model.config)
@@ -148,9 +153,9 @@ class Suffix:
             )
             args = tuple(prefix if isinstance(a, Cache) else a for a in args)
             kwargs = {k: prefix if isinstance(v, Cache) else v for k, v in kwargs.items()}
-        tmask = mask[:, last + 1 :]
-        rows, cols = tmask.nonzero(as_tuple=True)
-        labels = ids[:, last + 1 :][rows, cols]
+        rows, cols = batch.target_mask.nonzero(as_tuple=True)
+        labels = batch.input_ids[rows, cols]
+        cols = cols - 1 - torch.as_tensor(positions, device=cols.device)[rows]  # predicting col
         prompt_mask = torch.ones(len(ids), 1, dtype=torch.long, device=ids.device)
         return Tail((hidden, args, kwargs), prompt_mask, rows, cols, labels)
 

@@ -257,14 +257,15 @@ class LocateEditor(WeightEditor):
         m = len(prefixes)
         site = edit_site(self.model, layer)
         suffix = Suffix(self.model, site)
-        captured = suffix.capture(batch.input_ids, batch.attention_mask)
-        t_rows, t_cols = rewrite.target_mask.to(self.device).nonzero(as_tuple=True)
-        labels = batch.input_ids[t_rows, t_cols]
+        # layers `layer`..end run from each row's subject-last token on only (Suffix.tail)
+        tail = suffix.tail(batch, tok.pad_token_id or 0, positions=idx)
+        t_rows, labels = tail.rows, tail.labels
         rows = torch.cat([t_rows, torch.tensor([m], device=self.device)])
-        cols = torch.cat([t_cols - 1, torch.tensor([idx[-1]], device=self.device)])
+        cols = torch.cat([tail.cols, torch.tensor([0], device=self.device)])
         at_rows = torch.arange(m + 1, device=self.device)
-        at_cols = torch.tensor(idx, device=self.device)
+        at_cols = torch.zeros(m + 1, dtype=torch.long, device=self.device)
         counts = torch.bincount(t_rows, minlength=m).float()
+        captured = tail.captured
 
         delta = torch.zeros(site.d_out, device=self.device, requires_grad=True)
         state: dict = {}
@@ -272,7 +273,7 @@ class LocateEditor(WeightEditor):
         def hook(_module, _args, output):
             h = output[0] if isinstance(output, tuple) else output
             if "h0" not in state:
-                state["h0"] = h[0, idx[0]].detach().float().clone()
+                state["h0"] = h[0, 0].detach().float().clone()
             h = h.clone()
             h[at_rows, at_cols] = h[at_rows, at_cols] + delta.to(h.dtype)
             return (h, *output[1:]) if isinstance(output, tuple) else h
