@@ -130,3 +130,9 @@ def test_speed_results_get_their_own_table(results_dir):
     assert "Edit speedup 10.00x (16.00x with the defaults)" in text
     assert "horen bench --method horen" in text  # the bench runs are still there
     assert len(report.plot_results(results, results_dir / "plots")) == 2  # no plot for speed
+
+
+def test_plot_names_are_file_safe(tmp_path):
+    r = fake_result("horen", dataset="synthetic:10000")
+    (path, _) = report.plot_results([r], tmp_path)
+    assert path.name == "synthetic-10000__teacher_forced.png" and path.exists()

@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from .bench.results import slug
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # scorer label -> (column title, key in the checkpoint entry), in table order
@@ -197,7 +199,7 @@ def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
             axes[0][0].legend(fontsize=8)
             fig.suptitle(f"{dataset}: {TITLES[scorer]}")
             fig.tight_layout()
-            path = out_dir / f"{dataset}__{scorer}.png"
+            path = out_dir / f"{slug(dataset)}__{scorer}.png"
             fig.savefig(path, dpi=100)
             plt.close(fig)
             written.append(path)
