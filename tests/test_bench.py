@@ -276,3 +276,30 @@ def test_unreadable_reference_cache_is_recomputed(tmp_path):
         None if t is None else t.tolist() for t in good.tf_loc
     ]
     assert again.gen_loc == [None] * len(RECORDS)
+
+
+def test_edit_batch_writes_batches_through_apply_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOREN_CACHE", str(tmp_path / "cache"))
+    records = [
+        EditRecord("Who leads Zorblat Industries?", "Mira Quell", subject="Zorblat Industries"),
+        EditRecord("What is the capital of Veltria?", "Osk", subject="Veltria"),
+        EditRecord("Which river flows through Cairo?", "Paris", subject="Cairo"),
+    ]
+    overrides = {
+        "mom2_corpus": "random",
+        "mom2_n_tokens": 256,
+        "mom2_seq_len": 64,
+        "context_templates": "bare",
+        "v_num_grad_steps": 2,
+        "layers": [1, 2],
+    }
+    c = cfg(tmp_path, method="memit", n=3, checkpoints=[1], overrides=overrides, edit_batch=2)
+    seen = []
+    result = runner.run_bench(c, records, build("llama"), on_checkpoint=lambda e, ed: seen.append(ed))
+    assert "__batch2" in result["file"] and "--edit-batch 2" in result["command"]
+    sizes = [e["batch_size"] for e in seen[-1].edits]
+    assert sizes == [1, 2, 2]  # the checkpoint at 1 cuts the first batch
+    with pytest.raises(ValueError, match="cannot write edits as one batch"):
+        runner.run_bench(cfg(tmp_path, edit_batch=2), RECORDS, build("gpt2"))
+    with pytest.raises(ValueError, match="sequential"):
+        cfg(tmp_path, edit_batch=2, protocol="immediate")

@@ -73,6 +73,10 @@ class BenchConfig:
         default=256, metadata={"help": "longest UnKE answer generated"}
     )
     progress: bool = dataclasses.field(default=True, metadata={"help": "tqdm progress bar"})
+    edit_batch: int = dataclasses.field(
+        default=1,
+        metadata={"help": "edits written as one batch (MEMIT, AlphaEdit apply_batch); 1 = one at a time"},
+    )
     cache_reference: bool = dataclasses.field(
         default=True, metadata={"help": "reuse the base model's locality answers across runs"}
     )
@@ -87,6 +91,10 @@ class BenchConfig:
             raise ValueError(f"n must be >= 1, not {self.n}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.edit_batch < 1:
+            raise ValueError("edit_batch must be >= 1")
+        if self.edit_batch > 1 and self.protocol != "sequential":
+            raise ValueError("edit_batch > 1 needs the sequential protocol")
 
     def command(self) -> str:
         """The ``horen bench`` command line that reproduces this run."""
@@ -99,6 +107,8 @@ class BenchConfig:
             parts += ["--model", self.model]
         parts += ["--protocol", self.protocol, "--batch-size", str(self.batch_size)]
         parts += ["--seed", str(self.seed)]
+        if self.edit_batch > 1:
+            parts += ["--edit-batch", str(self.edit_batch)]
         if self.scorers:
             parts += ["--scorers", ",".join(self.scorers)]
         for flag in ("shuffle", "chat", "skip_bad"):
@@ -155,6 +165,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--skip-bad", action="store_true", help="skip malformed dataset records")
     a("--data-root", default=None, help="folder holding the datasets (default ../shared/data)")
     a("--unke-max-tokens", type=int, default=256, help="longest UnKE answer generated")
+    a(
+        "--edit-batch",
+        type=int,
+        default=1,
+        help="write this many edits as one batch (MEMIT, AlphaEdit); default one at a time",
+    )
     a("--no-progress", action="store_true", help="no progress bar")
     a(
         "--no-reference-cache",
@@ -185,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         data_root=args.data_root,
         skip_bad=args.skip_bad,
         unke_max_tokens=args.unke_max_tokens,
+        edit_batch=args.edit_batch,
         progress=not args.no_progress,
         cache_reference=not args.no_reference_cache,
     )

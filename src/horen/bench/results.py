@@ -33,6 +33,8 @@ def results_name(cfg, model_name: str, n: int) -> str:
     overwrite each other.
     """
     parts = [slug(cfg.method), slug(cfg.dataset), slug(model_name), f"n{n}", cfg.protocol]
+    if getattr(cfg, "edit_batch", 1) > 1:
+        parts.append(f"batch{cfg.edit_batch}")
     if cfg.chat:
         parts.append("chat")
     if cfg.overrides:

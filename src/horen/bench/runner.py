@@ -46,6 +46,7 @@ _RESUME_KEYS = (
     "overrides",
     "skip_bad",
     "unke_max_tokens",
+    "edit_batch",
 )
 
 
@@ -164,6 +165,8 @@ def run_bench(
         shutil.rmtree(side, ignore_errors=True)
         editor = make_editor(cfg, model, tokenizer)
     try:
+        if cfg.edit_batch > 1 and not hasattr(editor, "apply_batch"):
+            raise ValueError(f"{cfg.method} cannot write edits as one batch (--edit-batch)")
         start = time.perf_counter()
         if cfg.cache_reference:
             reference = cached_base_reference(editor, records, scorers, cfg.batch_size)
@@ -213,12 +216,17 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
         while t < len(records):
             # sequential: edits go in micro-batches up to the next checkpoint (same decisions
             # as one at a time, see CodebookEditor.apply_many); immediate: one at a time
+            # --edit-batch: batches of that many (cut at checkpoints) go to apply_batch
             stop = t + 1
             if cfg.protocol == "sequential":
                 chunk = max(PROGRESS_CHUNK, getattr(editor, "micro_batch_size", 1))
+                chunk = cfg.edit_batch if cfg.edit_batch > 1 else chunk
                 stop = min([c for c in checkpoints if c > t] + [t + chunk, len(records)])
             start = time.perf_counter()
-            editor.apply_many(records[t:stop])
+            if cfg.edit_batch > 1:
+                editor.apply_batch(records[t:stop])
+            else:
+                editor.apply_many(records[t:stop])
             state["edit_seconds"] += time.perf_counter() - start
             bar.update(stop - t)
             start = time.perf_counter()
