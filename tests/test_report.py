@@ -136,3 +136,23 @@ def test_plot_names_are_file_safe(tmp_path):
     r = fake_result("horen", dataset="synthetic:10000")
     (path, _) = report.plot_results([r], tmp_path)
     assert path.name == "synthetic-10000__teacher_forced.png" and path.exists()
+
+
+def test_eval_speed_results_get_a_table(tmp_path):
+    def side(sps, op):
+        return {"sequences_per_second": sps, "teacher_forced": {"op": op}, "generation": {"op": op}}
+
+    r = {
+        "mode": "eval",
+        "n": 200,
+        "model": "tiny",
+        "teacher_forced": {"reference": side(12.0, 0.9), "fast": side(30.0, 0.9)},
+        "generation": {"reference": side(2.0, 0.8), "fast": side(20.0, 0.8)},
+        "eval_speedup_teacher_forced": 2.5,
+        "eval_speedup_generation": 10.0,
+        "command": "horen bench-speed --eval-only",
+    }
+    (tmp_path / "speed_eval__zsre__n200.json").write_text(json.dumps(r))
+    text = report.markdown_report(report.load_results([tmp_path / "*.json"]))
+    assert "### Scoring speed: 200 ZsRE edits on tiny" in text
+    assert "| 2.0 | 20.0 | 10.00x | 0.800 / 0.800 |" in text

@@ -24,3 +24,20 @@ def test_reference_and_fast_paths_agree(monkeypatch, tmp_path):
     assert {"edit_speedup", "eval_speedup", "op_reference", "op_fast", "n"} <= set(r)
     assert {"edit_speedup_default", "op_default"} <= set(r) and r["default"]["mean_steps"] >= 1
     assert (tmp_path / "speed__zsre__n3.json").exists()
+
+
+def test_eval_only_loops_give_the_same_scores(monkeypatch, tmp_path):
+    monkeypatch.setattr(horen, "load_model", lambda name=None: build("llama"))
+    records = [
+        EditRecord(prompt=p, target=t, rephrases=[r], locality_prompt="Paris is", locality_answer="the")
+        for p, t, r in [
+            ("Who leads Zorblat Industries?", "Paris", "Who runs Zorblat Industries?"),
+            ("Which river flows through Cairo?", "Nile", "What river is in Cairo?"),
+        ]
+    ]
+    monkeypatch.setattr(speed, "load_dataset", lambda name, n: type("D", (), {"records": records}))
+    r = speed.run_eval_speed(n=2, threads=1, batch_size=4, out=str(tmp_path))
+    for label in ("teacher_forced", "generation"):
+        assert r[label]["reference"][label] == r[label]["fast"][label]
+    assert {"eval_speedup_teacher_forced", "eval_speedup_generation", "sequences"} <= set(r)
+    assert (tmp_path / "speed_eval__zsre__n2.json").exists()

@@ -276,7 +276,11 @@ def answer_ids(editor, prompt: str, answer: str) -> list[int]:
 
 
 def generate_answers(
-    editor, prompts: Sequence[str], lengths: Sequence[int], batch_size: int = 16
+    editor,
+    prompts: Sequence[str],
+    lengths: Sequence[int],
+    batch_size: int = 16,
+    use_cache: bool = True,
 ) -> list[str]:
     """Greedy answers (KV cache on, batched), each decoded from at most ``lengths[i]`` tokens.
 
@@ -286,7 +290,9 @@ def generate_answers(
     out: list = [None] * len(prompts)
     for idx in by_length(lengths, batch_size):
         texts = editor.generate(
-            [prompts[i] for i in idx], max_new_tokens=max(lengths[i] for i in idx), use_cache=True
+            [prompts[i] for i in idx],
+            max_new_tokens=max(lengths[i] for i in idx),
+            use_cache=use_cache,
         )
         for i, text in zip(idx, texts):
             out[i] = text
@@ -294,10 +300,14 @@ def generate_answers(
 
 
 def generate_ids(
-    editor, prompts: Sequence[str], lengths: Sequence[int], batch_size: int = 16
+    editor,
+    prompts: Sequence[str],
+    lengths: Sequence[int],
+    batch_size: int = 16,
+    use_cache: bool = True,
 ) -> list[list[int]]:
     """Greedy answers as token ids (by the join rule), each cut to its ``lengths[i]``."""
-    texts = generate_answers(editor, prompts, lengths, batch_size)
+    texts = generate_answers(editor, prompts, lengths, batch_size, use_cache)
     return [answer_ids(editor, p, t)[:k] for p, t, k in zip(prompts, texts, lengths)]
 
 
@@ -318,10 +328,11 @@ def answer_match(answer: str, target: str, cut: str | None = None) -> float:
     return float(normalize_answer(answer).split()[: len(want)] == want)
 
 
-def _gen_scores(editor, prompts, targets, batch_size) -> list[tuple[float, float]]:
+def _gen_scores(editor, prompts, targets, batch_size, use_cache=True) -> list[tuple[float, float]]:
     """``(exact match, token accuracy)`` of greedy answers to ``prompts`` against ``targets``."""
     refs = [answer_ids(editor, p, t) for p, t in zip(prompts, targets)]
-    texts = generate_answers(editor, prompts, [len(r) + EM_SLACK for r in refs], batch_size)
+    lengths = [len(r) + EM_SLACK for r in refs]
+    texts = generate_answers(editor, prompts, lengths, batch_size, use_cache)
     out = []
     for p, text, ref, target in zip(prompts, texts, refs, targets):
         ids = answer_ids(editor, p, text)
@@ -331,13 +342,21 @@ def _gen_scores(editor, prompts, targets, batch_size) -> list[tuple[float, float
 
 
 def score_generation(
-    editor, records: Sequence[EditRecord], reference: BaseReference, batch_size: int = 16
+    editor,
+    records: Sequence[EditRecord],
+    reference: BaseReference,
+    batch_size: int = 16,
+    use_cache: bool = True,
 ) -> list[dict]:
-    """Per record ``{"rel_em", "rel_acc", "gen_em", "gen_acc", "loc"}`` from greedy decoding."""
-    rel = _gen_scores(editor, [r.prompt for r in records], [r.target for r in records], batch_size)
+    """Per record ``{"rel_em", "rel_acc", "gen_em", "gen_acc", "loc"}`` from greedy decoding.
+
+    ``use_cache=False`` decodes without the KV cache (the authors' loop; same tokens, slower).
+    """
+    targets = [r.target for r in records]
+    rel = _gen_scores(editor, [r.prompt for r in records], targets, batch_size, use_cache)
     para = [(i, p) for i, r in enumerate(records) for p in r.rephrases]
     gen = _gen_scores(
-        editor, [p for _, p in para], [records[i].target for i, _ in para], batch_size
+        editor, [p for _, p in para], [targets[i] for i, _ in para], batch_size, use_cache
     )
     rows = [
         {"rel_em": em, "rel_acc": a, "gen_em": None, "gen_acc": None, "loc": None} for em, a in rel
@@ -348,7 +367,8 @@ def score_generation(
     idx = _loc_items(records)
     prompts = [records[i].locality_prompt for i in idx]
     lengths = _loc_lengths(editor, records, idx)
-    for i, e, n in zip(idx, generate_ids(editor, prompts, lengths, batch_size), lengths):
+    answers = generate_ids(editor, prompts, lengths, batch_size, use_cache)
+    for i, e, n in zip(idx, answers, lengths):
         rows[i]["loc"] = agreement(e, reference.gen_loc[i], n)
     return rows
 

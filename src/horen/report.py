@@ -79,7 +79,27 @@ def _is_bench(data: dict) -> bool:
 
 
 def _is_speed(data: dict) -> bool:
-    return "edit_speedup" in data and "reference" in data
+    return ("edit_speedup" in data and "reference" in data) or data.get("mode") == "eval"
+
+
+def eval_speed_report(r: dict) -> list[str]:
+    """Markdown lines for a ``horen bench-speed --eval-only`` result."""
+    lines = [f"### Scoring speed: {r['n']} ZsRE edits on {r.get('model')}", ""]
+    lines += ["| scorer | authors' loop, seq/s | horen, seq/s | speedup | OP (loop / horen) |"]
+    lines += ["|---|---|---|---|---|"]
+    loops = {"teacher_forced": "one sequence at a time, LM head everywhere",
+             "generation": "one prompt at a time, no KV cache"}
+    for label, loop in loops.items():
+        ref, fast = r[label]["reference"], r[label]["fast"]
+        ops = f"{_fmt(ref[label].get('op'))} / {_fmt(fast[label].get('op'))}"
+        row = [f"{label} ({loop})", f"{ref['sequences_per_second']:.1f}",
+               f"{fast['sequences_per_second']:.1f}", f"{r['eval_speedup_' + label]:.2f}x", ops]
+        lines.append("| " + " | ".join(row) + " |")
+    load = r.get("machine", {}).get("loadavg_at_end")
+    lines += ["", f"{r.get('sequences')} sequences per pass, batches of {r.get('batch_size')}, "
+              f"{r.get('threads')} threads" + (f", load average at the end {load[0]:.1f}" if load
+                                               else "") + f". Command: `{r.get('command')}`", ""]
+    return lines
 
 
 def _fmt(value) -> str:
@@ -100,6 +120,9 @@ def speed_report(speeds: list[dict]) -> list[str]:
         "default": "fast path, horen defaults (early stop)",
     }
     for r in speeds:
+        if r.get("mode") == "eval":
+            lines += eval_speed_report(r)
+            continue
         lines += [f"### Speed: {r['n']} ZsRE edits on {r.get('model')}", ""]
         lines += ["| path | edits/s | s/edit | eval sequences/s | teacher-forced OP |"]
         lines += ["|---|---|---|---|---|"]
