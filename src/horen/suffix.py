@@ -141,6 +141,7 @@ class Suffix:
                 position_ids=pos[:, :last],
                 past_key_values=cache,
                 use_cache=True,
+                logits_to_keep=1,  # only the keys and values are needed, not the prefix's logits
             )
         hidden, args, kwargs = self.capture(
             ids[:, last:], mask, position_ids=pos[:, last:], past_key_values=cache, use_cache=cache is not None
