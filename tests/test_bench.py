@@ -271,7 +271,8 @@ def test_unreadable_reference_cache_is_recomputed(tmp_path):
     good = reference.cached_base_reference(ed, RECORDS, ["tf"], 2, root=tmp_path / "r")
     (path,) = (tmp_path / "r").iterdir()
     path.write_bytes(b"not a torch file")
-    again = reference.cached_base_reference(ed, RECORDS, ["tf"], 2, root=tmp_path / "r")
+    with pytest.warns(UserWarning, match="unreadable reference cache"):
+        again = reference.cached_base_reference(ed, RECORDS, ["tf"], 2, root=tmp_path / "r")
     assert [None if t is None else t.tolist() for t in again.tf_loc] == [
         None if t is None else t.tolist() for t in good.tf_loc
     ]

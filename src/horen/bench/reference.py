@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,10 +47,16 @@ def default_root() -> Path:
     return cache_dir() / "reference"
 
 
-def reference_key(editor, records: Sequence[EditRecord], scorer: str, batch_size: int) -> str:
-    """The cache key of one scorer's reference (see the module docstring)."""
-    with editor.disabled():
-        digest = model_digest(editor.model)
+def reference_key(
+    editor, records: Sequence[EditRecord], scorer: str, batch_size: int, digest: str | None = None
+) -> str:
+    """The cache key of one scorer's reference (see the module docstring).
+
+    ``digest`` is the base model's :func:`model_digest`, computed here when not given.
+    """
+    if digest is None:
+        with editor.disabled():
+            digest = model_digest(editor.model)
     probes = [(r.locality_prompt, r.locality_answer) for r in records]
     payload = {
         "format": FORMAT,
@@ -77,10 +84,13 @@ def cached_base_reference(
     """
     root = Path(root) if root is not None else default_root()
     ref = metrics.BaseReference([None] * len(records), [None] * len(records))
+    with editor.disabled():
+        digest = model_digest(editor.model)
     for scorer, attr in (("tf", "tf_loc"), ("gen", "gen_loc")):
         if scorer not in scorers:
             continue
-        path = root / f"{scorer}-{reference_key(editor, records, scorer, batch_size)}.pt"
+        key = reference_key(editor, records, scorer, batch_size, digest)
+        path = root / f"{scorer}-{key}.pt"
         values = _read(path)
         if values is None:
             values = getattr(metrics.base_reference(editor, records, [scorer], batch_size), attr)
@@ -100,5 +110,5 @@ def _read(path: Path) -> list | None:
         return None
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
         # a truncated or foreign file: recompute, do not fail the run
-        print(f"ignoring unreadable reference cache {path}: {err}")
+        warnings.warn(f"ignoring unreadable reference cache {path}: {err}", stacklevel=3)
         return None
