@@ -1,23 +1,33 @@
-"""bench-speed's two paths compute the same thing (tiny model; timing is not asserted)."""
+"""bench-speed's paths compute the same thing (tiny model; timing is not asserted)."""
 
+import pytest
 from conftest import build
 
 import horen
 from horen import speed
 from horen.data.record import EditRecord
 
+FACTS = [
+    ("Who leads Zorblat Industries?", "Paris", "Who runs Zorblat Industries?"),
+    ("Which river flows through Cairo?", "Nile", "What river is in Cairo?"),
+    ("What is the capital of France?", "Osk", "France's capital is?"),
+]
 
-def test_reference_and_fast_paths_agree(monkeypatch, tmp_path):
+
+@pytest.fixture
+def tiny_zsre(monkeypatch):
+    """bench-speed on the tiny Llama, with ``n`` of FACTS standing in for ZsRE."""
     monkeypatch.setattr(horen, "load_model", lambda name=None: build("llama"))
     records = [
         EditRecord(prompt=p, target=t, rephrases=[r], locality_prompt="Paris is", locality_answer="the")
-        for p, t, r in [
-            ("Who leads Zorblat Industries?", "Paris", "Who runs Zorblat Industries?"),
-            ("Which river flows through Cairo?", "Nile", "What river is in Cairo?"),
-            ("What is the capital of France?", "Osk", "France's capital is?"),
-        ]
+        for p, t, r in FACTS
     ]
-    monkeypatch.setattr(speed, "load_dataset", lambda name, n: type("D", (), {"records": records}))
+    monkeypatch.setattr(
+        speed, "load_dataset", lambda name, n: type("D", (), {"records": records[:n]})
+    )
+
+
+def test_reference_and_fast_paths_agree(tiny_zsre, tmp_path):
     r = speed.run_speed(n=3, threads=1, batch_size=4, max_steps=5, out=str(tmp_path))
     assert r["same_codebook_decisions"]
     assert abs(r["op_reference"] - r["op_fast"]) < 0.01
@@ -26,16 +36,7 @@ def test_reference_and_fast_paths_agree(monkeypatch, tmp_path):
     assert (tmp_path / "speed__zsre__n3.json").exists()
 
 
-def test_eval_only_loops_give_the_same_scores(monkeypatch, tmp_path):
-    monkeypatch.setattr(horen, "load_model", lambda name=None: build("llama"))
-    records = [
-        EditRecord(prompt=p, target=t, rephrases=[r], locality_prompt="Paris is", locality_answer="the")
-        for p, t, r in [
-            ("Who leads Zorblat Industries?", "Paris", "Who runs Zorblat Industries?"),
-            ("Which river flows through Cairo?", "Nile", "What river is in Cairo?"),
-        ]
-    ]
-    monkeypatch.setattr(speed, "load_dataset", lambda name, n: type("D", (), {"records": records}))
+def test_eval_only_loops_give_the_same_scores(tiny_zsre, tmp_path):
     r = speed.run_eval_speed(n=2, threads=1, batch_size=4, out=str(tmp_path))
     for label in ("teacher_forced", "generation"):
         assert r[label]["reference"][label] == r[label]["fast"][label]
