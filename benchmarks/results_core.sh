@@ -12,6 +12,7 @@ step() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 if step speed; then
   $H bench-speed --n 200 --threads 2 --out results
+  $H bench-speed --eval-only --n 100 --threads 2 --out results
 fi
 if step zsre1000; then
   bench --method horen --dataset zsre --n 1000 --checkpoints 1,10,100,1000
@@ -33,4 +34,4 @@ fi
 if step zsre; then
   for m in horen grace grace-norm; do bench --method $m --dataset zsre; done
 fi
-$H report results/*__sequential.json results/speed__*.json --out results/report --readme README.md
+$H report results/*__sequential.json results/speed__*.json results/speed_eval__*.json --out results/report --readme README.md
