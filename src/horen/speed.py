@@ -60,18 +60,15 @@ def _phase(editor, records, reference, edit, batch_size):
     start = time.perf_counter()
     edit(editor, records)
     edit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    rows = metrics.score_teacher_forced(editor, records, reference, batch_size)
-    eval_s = time.perf_counter() - start
-    summary = metrics.summarize(rows, "teacher_forced")
-    sequences = _sequences(records)
+    label = "teacher_forced"
+    scored = _timed_scores(metrics.score_teacher_forced, editor, records, reference, batch_size, label)
     return {
         "edit_seconds": round(edit_s, 3),
         "edits_per_second": round(len(records) / edit_s, 4),
-        "eval_seconds": round(eval_s, 3),
-        "eval_sequences_per_second": round(sequences / eval_s, 3),
+        "eval_seconds": scored["seconds"],
+        "eval_sequences_per_second": scored["sequences_per_second"],
         "peak_rss_mb_so_far": peak_rss_mb(),
-        "teacher_forced": summary,
+        label: scored[label],
     }
 
 
