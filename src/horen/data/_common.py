@@ -193,3 +193,46 @@ def build(
             f"{path}: skipped {skipped} malformed record(s); first: {first_error}", stacklevel=3
         )
     return records, skipped
+
+
+Converter = Callable[[Row], EditRecord]
+
+
+def loader(
+    what: str,
+    convert: Converter | None = None,
+    choose: Callable[[dict], Converter] | None = None,
+    read: Callable[[Path], list] = read_rows,
+) -> Callable[..., list[EditRecord]]:
+    """Makes the ``load_<format>(path, skip_bad=False, n=None)`` function of one format.
+
+    Args:
+        what: what the file holds, for the docstring (``"an UnKE file"``).
+        convert: the format's :class:`Row` converter; or
+        choose: for a file in one of several formats, picks the converter from the first
+            record (a dict; ``{}`` if there is none).
+        read: the reader (:func:`read_rows` picks JSON / JSONL / CSV by extension).
+
+    Example:
+        >>> load_unke = loader("an UnKE file", convert_unke)  # doctest: +SKIP
+    """
+    if (convert is None) == (choose is None):
+        raise ValueError("pass exactly one of convert and choose")
+
+    def load(path, skip_bad: bool = False, n: int | None = None) -> list[EditRecord]:
+        path = Path(path)
+        rows = read(path)
+        first = next((r for r in rows if isinstance(r, dict)), {})
+        return build(rows, path, convert or choose(first), skip_bad, n)[0]
+
+    load.__doc__ = f"""Loads {what}.
+
+    Args:
+        path: the file (str or PathLike).
+        skip_bad: skip malformed records with a warning instead of raising.
+        n: load at most this many records.
+
+    Raises:
+        DatasetError: a malformed file or record (file, index and field are named).
+    """
+    return load

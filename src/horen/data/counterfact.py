@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from horen.data._common import Row, build, read_rows
+from horen.data._common import Row, loader
 from horen.data.knowedit import convert_knowedit
 from horen.data.record import EditRecord
 
@@ -58,24 +55,7 @@ def is_rome(keys: set[str]) -> bool:
     return "requested_rewrite" in keys
 
 
-def load_counterfact(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads CounterFact, flat or ROME format (auto-detected).
-
-    Args:
-        path: the file (JSON, JSONL or CSV for the flat format).
-        skip_bad: skip malformed records with a warning instead of raising.
-        n: load at most this many records.
-
-    Raises:
-        DatasetError: a malformed file or record (file, index and field are named).
-    """
-    return _load_counterfact(Path(path), skip_bad, n)[0]
-
-
-def _load_counterfact(path, skip_bad=False, n=None):
-    rows = read_rows(path)
-    first = next((r for r in rows if isinstance(r, dict)), {})
-    convert = convert_rome if is_rome(set(first)) else convert_knowedit
-    return build(rows, path, convert, skip_bad, n)
+load_counterfact = loader(
+    "CounterFact, flat or ROME format (auto-detected; JSON, JSONL or CSV for the flat one)",
+    choose=lambda first: convert_rome if is_rome(set(first)) else convert_knowedit,
+)

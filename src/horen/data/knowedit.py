@@ -12,11 +12,9 @@ a ground truth that is a list of lists of aliases is flattened to its first stri
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from horen.data._common import Probe, Row, build, read_rows
+from horen.data._common import Probe, Row, loader
 from horen.data.record import EditRecord
 
 
@@ -85,18 +83,4 @@ def is_knowedit(keys: set[str]) -> bool:
     return "prompt" in keys and "target_new" in keys
 
 
-def load_knowedit(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads a KnowEdit or flat EasyEdit file (JSON, JSONL or CSV).
-
-    Args:
-        path: the file.
-        skip_bad: skip malformed records with a warning instead of raising.
-        n: load at most this many records.
-
-    Raises:
-        DatasetError: a malformed file or record (file, index and field are named).
-    """
-    path = Path(path)
-    return build(read_rows(path), path, convert_knowedit, skip_bad, n)[0]
+load_knowedit = loader("a KnowEdit or flat EasyEdit file (JSON, JSONL or CSV)", convert_knowedit)

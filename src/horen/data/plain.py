@@ -7,10 +7,7 @@ also a list; ``rephrases`` is accepted too), ``locality_prompt`` and ``locality_
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from horen.data._common import Row, build, read_csv, read_jsonl, read_rows
+from horen.data._common import Row, loader, read_csv, read_jsonl
 from horen.data.record import EditRecord
 
 
@@ -34,34 +31,6 @@ def is_plain(keys: set[str]) -> bool:
     return "prompt" in keys and "target" in keys
 
 
-def load_plain(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads a plain JSONL, CSV (or JSON list) file of core fields.
-
-    Args:
-        path: the file; ``.jsonl`` and ``.csv`` are read as such, anything else as JSON.
-        skip_bad: skip malformed records with a warning instead of raising.
-        n: load at most this many records.
-
-    Raises:
-        DatasetError: a malformed file or record (file, index and field are named).
-    """
-    path = Path(path)
-    return build(read_rows(path), path, convert_plain, skip_bad, n)[0]
-
-
-def load_jsonl(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads a plain JSONL file (whatever its extension); see :func:`load_plain`."""
-    path = Path(path)
-    return build(read_jsonl(path), path, convert_plain, skip_bad, n)[0]
-
-
-def load_csv(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads a plain CSV file (whatever its extension); see :func:`load_plain`."""
-    path = Path(path)
-    return build(read_csv(path), path, convert_plain, skip_bad, n)[0]
+load_plain = loader("a plain JSONL, CSV (or JSON list) file of core fields", convert_plain)
+load_jsonl = loader("a plain JSONL file (whatever its extension)", convert_plain, read=read_jsonl)
+load_csv = loader("a plain CSV file (whatever its extension)", convert_plain, read=read_csv)

@@ -7,10 +7,7 @@ There is no locality probe.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from horen.data._common import Row, build, read_rows
+from horen.data._common import Row, loader
 from horen.data.record import EditRecord
 
 
@@ -39,18 +36,4 @@ def is_unke(keys: set[str]) -> bool:
     return "question" in keys and "answer" in keys
 
 
-def load_unke(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads an UnKE file (JSON, JSONL or CSV).
-
-    Args:
-        path: the file.
-        skip_bad: skip malformed records with a warning instead of raising.
-        n: load at most this many records.
-
-    Raises:
-        DatasetError: a malformed file or record (file, index and field are named).
-    """
-    path = Path(path)
-    return build(read_rows(path), path, convert_unke, skip_bad, n)[0]
+load_unke = loader("an UnKE file (JSON, JSONL or CSV)", convert_unke)

@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from horen.data._common import Row, build, read_rows
+from horen.data._common import Row, loader
 from horen.data.knowedit import convert_knowedit
 from horen.data.record import EditRecord
 
@@ -46,24 +43,7 @@ def is_wikibigedit(keys: set[str]) -> bool:
     return "update" in keys and "ans" in keys
 
 
-def load_wikibigedit(
-    path: str | os.PathLike, skip_bad: bool = False, n: int | None = None
-) -> list[EditRecord]:
-    """Loads WikiBigEdit, native or EasyEdit-flattened (auto-detected).
-
-    Args:
-        path: the file (JSON, JSONL or CSV).
-        skip_bad: skip malformed records with a warning instead of raising.
-        n: load at most this many records.
-
-    Raises:
-        DatasetError: a malformed file or record (file, index and field are named).
-    """
-    return _load_wikibigedit(Path(path), skip_bad, n)[0]
-
-
-def _load_wikibigedit(path, skip_bad=False, n=None):
-    rows = read_rows(path)
-    first = next((r for r in rows if isinstance(r, dict)), {})
-    convert = convert_knowedit if "target_new" in first else convert_wikibigedit
-    return build(rows, path, convert, skip_bad, n)
+load_wikibigedit = loader(
+    "WikiBigEdit, native or EasyEdit-flattened (auto-detected; JSON, JSONL or CSV)",
+    choose=lambda first: convert_knowedit if "target_new" in first else convert_wikibigedit,
+)
