@@ -22,6 +22,11 @@ fi
 if step synthetic; then  # the long stream (issue 5): 10K fictional facts, teacher-forced only
   bench --method horen --dataset synthetic:10000 --scorers tf
 fi
+if step weights100; then  # issue 6: the weight-rewriting editors, ZsRE N = 100 sequential
+  for m in ft-l ft-m memit rome alphaedit; do
+    bench --method $m --dataset zsre --n 100 --checkpoints 1,10,100
+  done
+fi
 if step counterfact; then
   for m in horen grace grace-norm; do bench --method $m --dataset counterfact --n 1000; done
 fi

@@ -11,7 +11,7 @@ import pytest
 from conftest import build
 
 from horen import bench
-from horen.bench import runner
+from horen.bench import results, runner
 from horen.data.record import EditRecord
 
 RECORDS = [
@@ -179,6 +179,11 @@ def test_scorer_choice_and_records_order(tmp_path):
     c, _ = runner.select_records(cfg(tmp_path, n=None), RECORDS)
     assert a == b and sorted(r.prompt for r in a) == sorted(r.prompt for r in RECORDS)
     assert c == RECORDS
+    d, _ = runner.select_records(cfg(tmp_path, n=2, offset=1), RECORDS)
+    assert d == RECORDS[1:3]  # a held-out slice: records 2..3
+    assert results.results_name(cfg(tmp_path, offset=1), "m", 5).count("__from1") == 1
+    with pytest.raises(ValueError, match="offset"):
+        cfg(tmp_path, offset=-1)
 
 
 def test_unknown_override_is_an_error(tmp_path):
@@ -197,6 +202,8 @@ def test_cli_flags_and_the_stored_command_round_trip():
             "zsre",
             "--n",
             "30",
+            "--offset",
+            "5",
             "--checkpoints",
             "1,10",
             "--protocol",
@@ -225,6 +232,7 @@ def test_cli_flags_and_the_stored_command_round_trip():
     c = bench.config_from_args(args)
     assert c.overrides == {"lr": 0.5, "value_init": "cold"} and c.checkpoints == [1, 10]
     assert c.scorers == ["tf"] and c.shuffle and c.resume and c.skip_bad and c.threads == 2
+    assert c.offset == 5
     again = bench.config_from_args(parser.parse_args(shlex.split(c.command())[2:]))
     assert again == bench.BenchConfig(**{**c.__dict__, "resume": False})
 

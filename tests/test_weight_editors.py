@@ -1,4 +1,4 @@
-"""The weight-rewriting editors (ROME, MEMIT, AlphaEdit, FT-L, FT-M) and the covariance
+"""The weight-rewriting editors (ROME, MEMIT, AlphaEdit, FT-L, FT-M, UltraEdit) and the covariance
 statistics, on the tiny Llama, Qwen2 and GPT-2 models of conftest.FAMILIES."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ R3 = EditRecord("Which river flows through Cairo?", "Paris", subject="Cairo")
 FAST = {"mom2_corpus": "random", "mom2_n_tokens": 256, "mom2_seq_len": 64,
         "context_templates": "bare", "v_num_grad_steps": 4}
 WINDOW = {"layers": [1, 2], "mom2_update_weight": 10.0}
+METHODS = ["rome", "memit", "alphaedit", "ft-l", "ft-m", "ultraedit"]
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +43,10 @@ def same(a: dict, b: dict) -> bool:
 
 
 def make(method: str, model, tok):
-    extra = {"rome": {}, "memit": WINDOW, "alphaedit": WINDOW, "ft-l": {}, "ft-m": {}}[method]
-    fast = FAST if method in ("rome", "memit", "alphaedit") else {"num_steps": 3}
+    extra = {"rome": {}, "memit": WINDOW, "alphaedit": WINDOW, "ft-l": {}, "ft-m": {},
+             "ultraedit": {"lr": 1e-2}}[method]
+    fast = (FAST if method in ("rome", "memit", "alphaedit")
+            else {} if method == "ultraedit" else {"num_steps": 3})
     return get_method(method)(model, tok, **fast, **extra)
 
 
@@ -226,7 +229,7 @@ def test_records_without_subject_are_refused(method):
 
 
 # ---- rollback, disabled, save/load --------------------------------------------------------
-@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft-l", "ft-m"])
+@pytest.mark.parametrize("method", METHODS)
 def test_rollback_and_disabled_are_exact(method):
     model, tok = build("gpt2")
     ed = make(method, model, tok)
@@ -269,7 +272,7 @@ def test_batch_is_one_rollback_group():
     assert same(weights(model), w0)
 
 
-@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft-l", "ft-m"])
+@pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip(method, tmp_path):
     from safetensors.torch import load_file
 
@@ -280,7 +283,7 @@ def test_save_load_round_trip(method, tmp_path):
     edited = weights(model)
     path = ed.save(tmp_path / "edits")
     saved = load_file(path / "edits.safetensors")
-    assert all(k.startswith(("delta.", "cache_keys.")) for k in saved)
+    assert all(k.startswith(("delta.", "cache_keys.", "moments.")) for k in saved)
     assert not any(k in saved for k in edited)  # never the model's own tensors
     fresh, tok2 = build("llama")
     loaded = Editor.load(fresh, tok2, path)
@@ -292,6 +295,9 @@ def test_save_load_round_trip(method, tmp_path):
     assert same(weights(fresh), weights(model))
     if method == "alphaedit":
         assert torch.allclose(loaded.cache_c(2), ed.cache_c(2))
+    if method == "ultraedit":
+        key = next(iter(ed.moments[1]))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.normalizer(key), ed.normalizer(key)))
     other, tok3 = build("llama", seed=1)
     with pytest.raises(ValueError, match="another model"):
         Editor.load(other, tok3, path)
@@ -335,7 +341,7 @@ def test_ftl_clamp_bounds_every_weight():
 
 
 # ---- configs -------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft-l", "ft-m"])
+@pytest.mark.parametrize("method", METHODS)
 def test_configs_round_trip_and_validate(method):
     cls = get_method(method).config_class
     cfg = cls()
@@ -343,6 +349,88 @@ def test_configs_round_trip_and_validate(method):
     for f in cls.__dataclass_fields__.values():
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
     bad = {"rome": {"v_lr": 0}, "memit": {"layers": [3, 1]}, "alphaedit": {"nullspace_threshold": 2.0},
-           "ft-l": {"norm_constraint": -1.0}, "ft-m": {"num_steps": 0}}[method]
+           "ft-l": {"norm_constraint": -1.0}, "ft-m": {"num_steps": 0},
+           "ultraedit": {"token": "all"}}[method]
     with pytest.raises(ValueError):
         cls(**bad)
+
+
+# ---- UltraEdit -----------------------------------------------------------------------------
+def test_ultraedit_ridge_factors_equal_the_closed_form():
+    from horen.editors.ultraedit import delta_norm, ridge_factors
+
+    for n in (3, 12):  # fewer rows than input dims (factors), more (dense)
+        k, v = torch.randn(n, 8, dtype=torch.float64), torch.randn(n, 5, dtype=torch.float64)
+        direct = torch.linalg.solve(k.T @ k + torch.eye(8, dtype=torch.float64), k.T @ v).T
+        f = ridge_factors(k, v, 1.0)
+        got = f["R"] @ f["X"].T if "R" in f else f["W"]
+        assert ("R" in f) == (n <= 8) and torch.allclose(got, direct)
+        if "R" in f:
+            assert abs(delta_norm(f) - direct.norm().item()) < 1e-9
+
+
+def test_ultraedit_moments_merge_to_the_direct_statistics():
+    from horen.editors.ultraedit import batch_moments, merge_moments
+
+    z = torch.randn(40, 6, dtype=torch.float64)
+    total = batch_moments(z[:1])  # a single row: no variance of its own
+    for part in (z[1:15], z[15:16], z[16:]):
+        total = merge_moments(total, batch_moments(part))
+    count, mean, m2 = total
+    assert count == 40 and torch.allclose(mean, z.mean(0))
+    assert torch.allclose(m2 / (count - 1), z.var(0, unbiased=True))
+
+
+def test_ultraedit_writes_the_normalized_pseudo_values(family):
+    """One edit: each matrix's ΔW is ridge((K, -lr·‖k̂‖²·ĝ)) with this batch's statistics."""
+    from horen.editors.ultraedit import UltraEdit
+
+    model, tok = build(family)
+    ed = UltraEdit(model, tok, lr=1e-2)
+    keys, grads, _ = ed.capture([R1])
+    w0 = {p: w_matrix_at(ed, p) for p in ed.config.modules}
+    ed.apply(R1)
+    # all default matrices of the tiny models share one shape, hence one normalizer
+    z = torch.cat([torch.cat([keys[p], grads[p]], 1) for p in ed.config.modules]).double()
+    mean, std = z.mean(0), z.std(0)
+    for p in ed.config.modules:
+        zp = (torch.cat([keys[p], grads[p]], 1).double() - mean) / (std + ed.config.eps)
+        d_in = keys[p].shape[1]
+        v = -1e-2 * zp[:, :d_in].square().sum(1, keepdim=True) * zp[:, d_in:]
+        k = keys[p].double()
+        direct = torch.linalg.solve(k.T @ k + torch.eye(d_in, dtype=k.dtype), k.T @ v).T
+        assert torch.allclose(w_matrix_at(ed, p) - w0[p], direct, atol=1e-5)
+
+
+def w_matrix_at(ed, path) -> torch.Tensor:
+    w = ed.model.get_parameter(f"{path}.weight").detach().double()
+    return w.T if ed.is_conv1d else w
+
+
+def test_ultraedit_rollback_restores_the_normalizer():
+    from horen.editors.ultraedit import UltraEdit
+
+    model, tok = build("llama")
+    ed = UltraEdit(model, tok, lr=1e-2)
+    ed.apply(R1)
+    key = next(iter(ed.moments[1]))
+    after_one = ed.normalizer(key)
+    e2 = ed.apply(R2)
+    assert not torch.equal(ed.normalizer(key)[0], after_one[0])
+    ed.remove(e2)
+    assert all(torch.equal(a, b) for a, b in zip(ed.normalizer(key), after_one))
+
+
+def test_ultraedit_default_modules_scale_with_depth(monkeypatch):
+    import horen.editors.ultraedit as ue
+
+    model, _ = build("llama")
+    monkeypatch.setattr(ue, "n_layers", lambda _m: 30)  # the embedded model's depth
+    paths = ue.default_modules(model)
+    gate = [f"model.layers.{i}.mlp.gate_proj" for i in range(10, 15)]
+    up = [f"model.layers.{i}.mlp.up_proj" for i in range(17, 24)]
+    assert paths == gate + up
+    monkeypatch.setattr(ue, "n_layers", lambda _m: 32)  # Llama-3-8B: the UltraEdit repo's config
+    paths = ue.default_modules(model)
+    assert paths[0].endswith("11.mlp.gate_proj") and paths[4].endswith("15.mlp.gate_proj")
+    assert paths[5].endswith("18.mlp.up_proj") and paths[-1].endswith("24.mlp.up_proj")

@@ -25,6 +25,7 @@ from .editors import (
     HoReNConfig,
     HoReNMultiStep,
     HoReNUnnormalized,
+    UltraEdit,
     get_method,
 )
 from .models import ARCHITECTURES, load_model
@@ -46,6 +47,7 @@ __all__ = [
     "HoReNConfig",
     "HoReNMultiStep",
     "HoReNUnnormalized",
+    "UltraEdit",
     "get_method",
     "load_model",
 ]

@@ -34,7 +34,10 @@ class Architecture:
         layers: dotted path of the decoder-layer ``ModuleList``.
         site: dotted path, inside one decoder layer, of the MLP output projection W.
         final_norm: dotted path of the norm applied before the LM head.
-        conv1d: True where W is a GPT-2 ``Conv1D`` (weight stored ``[d_in, d_out]``).
+        conv1d: True where W is a GPT-2 ``Conv1D`` (weight stored ``[d_in, d_out]``); the
+            family's MLP input matrices are then Conv1D too.
+        mlp_in: dotted paths, inside one decoder layer, of the MLP's *input* matrices
+            (gate and up, or the single ``fc_in``); UltraEdit edits these. Empty = unknown.
         tau: default HoReN matching threshold for this family.
         pool_ratio: default HoReN pooling ratio rho for this family.
         note: where the defaults come from.
@@ -44,6 +47,7 @@ class Architecture:
     site: str
     final_norm: str
     conv1d: bool = False
+    mlp_in: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj")
     tau: float = 0.8
     pool_ratio: float = 0.6
     note: str = "paper's recipe (Table 3 family value); calibrate with `horen calibrate`"
@@ -57,10 +61,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": Architecture("model.layers", "mlp.down_proj", "model.norm", tau=0.55),
     "gemma": _LLAMA,
     "gemma2": _LLAMA,
-    "phi3": _LLAMA,
-    "gpt2": Architecture("transformer.h", "mlp.c_proj", "transformer.ln_f", conv1d=True),
-    "gpt_neox": Architecture("gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm"),
-    "gptj": Architecture("transformer.h", "mlp.fc_out", "transformer.ln_f"),
+    "phi3": Architecture("model.layers", "mlp.down_proj", "model.norm",
+                         mlp_in=("mlp.gate_up_proj",)),
+    "gpt2": Architecture("transformer.h", "mlp.c_proj", "transformer.ln_f", conv1d=True,
+                         mlp_in=("mlp.c_fc",)),
+    "gpt_neox": Architecture("gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm",
+                             mlp_in=("mlp.dense_h_to_4h",)),
+    "gptj": Architecture("transformer.h", "mlp.fc_out", "transformer.ln_f", mlp_in=("mlp.fc_in",)),
 }
 """``config.model_type`` -> :class:`Architecture`. The single source of truth for edit sites."""
 

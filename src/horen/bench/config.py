@@ -59,6 +59,9 @@ class BenchConfig:
         default=None, metadata={"help": "tf, gen, unke (None = tf+gen, +unke on UnKE data)"}
     )
     batch_size: int = dataclasses.field(default=16, metadata={"help": "sequences per forward"})
+    offset: int = dataclasses.field(
+        default=0, metadata={"help": "skip this many records first (a held-out slice for tuning)"}
+    )
     shuffle: bool = dataclasses.field(default=False, metadata={"help": "shuffle the records"})
     seed: int = dataclasses.field(default=0, metadata={"help": "shuffle and torch seed"})
     chat: bool = dataclasses.field(default=False, metadata={"help": "use the chat template"})
@@ -89,6 +92,8 @@ class BenchConfig:
             raise ValueError(f"unknown scorers {bad}; known: {', '.join(SCORERS)}")
         if self.n is not None and self.n < 1:
             raise ValueError(f"n must be >= 1, not {self.n}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, not {self.offset}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.edit_batch < 1:
@@ -101,6 +106,8 @@ class BenchConfig:
         parts = ["horen", "bench", "--method", self.method, "--dataset", self.dataset]
         if self.n is not None:
             parts += ["--n", str(self.n)]
+        if self.offset:
+            parts += ["--offset", str(self.offset)]
         if self.checkpoints:
             parts += ["--checkpoints", ",".join(map(str, self.checkpoints))]
         if self.model:
@@ -150,6 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--method", default="horen", choices=sorted(METHODS), help="editing method")
     a("--dataset", default="zsre", help="dataset name (zsre, counterfact, ...) or a file path")
     a("--n", type=int, default=None, help="number of edits N (default: all records)")
+    a("--offset", type=int, default=0, help="skip the first K records (after --shuffle)")
     a("--checkpoints", type=_ints, default=None, help="comma list, e.g. 1,10,100 (N is added)")
     a("--model", default=None, help="HF model id or directory (default: embedded SmolLM2)")
     a("--protocol", default="sequential", choices=PROTOCOLS, help="scoring protocol")
@@ -186,6 +194,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         method=args.method,
         dataset=args.dataset,
         n=args.n,
+        offset=args.offset,
         checkpoints=args.checkpoints,
         model=args.model,
         protocol=args.protocol,

@@ -35,6 +35,8 @@ def results_name(cfg, model_name: str, n: int) -> str:
     parts = [slug(cfg.method), slug(cfg.dataset), slug(model_name), f"n{n}", cfg.protocol]
     if getattr(cfg, "edit_batch", 1) > 1:
         parts.append(f"batch{cfg.edit_batch}")
+    if getattr(cfg, "offset", 0):
+        parts.append(f"from{cfg.offset}")
     if cfg.chat:
         parts.append("chat")
     if cfg.overrides:

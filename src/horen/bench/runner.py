@@ -38,6 +38,7 @@ _RESUME_KEYS = (
     "method",
     "dataset",
     "n",
+    "offset",
     "model",
     "protocol",
     "shuffle",
@@ -57,7 +58,7 @@ def select_records(cfg: BenchConfig, records: Sequence[EditRecord] | None = None
 
         loaded = load_dataset(
             cfg.dataset,
-            n=None if cfg.shuffle else cfg.n,
+            n=None if cfg.shuffle or cfg.n is None else cfg.offset + cfg.n,
             skip_bad=cfg.skip_bad,
             data_root=cfg.data_root,
         )
@@ -74,6 +75,7 @@ def select_records(cfg: BenchConfig, records: Sequence[EditRecord] | None = None
     info["available"] = len(records)
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(records)
+    records = records[cfg.offset :]
     if cfg.n is not None:
         if len(records) < cfg.n:
             warnings.warn(f"{cfg.dataset} has {len(records)} records, fewer than n={cfg.n}")
@@ -294,7 +296,8 @@ def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
         return None
     state = json.loads((side / "state.json").read_text())
     saved = state.pop("config")
-    diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    fields = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
+    diff = [k for k in _RESUME_KEYS if saved.get(k, fields[k]) != getattr(cfg, k)]
     if saved.get("scorers") != cfg.scorers or saved.get("checkpoints") != cfg.checkpoints:
         diff.append("scorers/checkpoints")
     if diff:

@@ -7,6 +7,7 @@ from .grace import GRACE, GRACEConfig
 from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
 from .memit import MEMIT, MEMITConfig
 from .rome import ROME, ROMEConfig
+from .ultraedit import UltraEdit, UltraEditConfig
 
 __all__ = [
     "FTL",
@@ -28,6 +29,8 @@ __all__ = [
     "HoReNUnnormalized",
     "MEMITConfig",
     "ROMEConfig",
+    "UltraEdit",
+    "UltraEditConfig",
     "get_method",
     "register",
 ]
