@@ -1,7 +1,7 @@
 """Tables and plots from results files (``horen report results/*.json``), never typed by hand.
 
 :func:`load_results` reads the JSON files :mod:`horen.bench` writes; :func:`markdown_report`
-makes one Markdown table per scorer (method x dataset x checkpoint -> Rel/Gen/Loc/OP) with
+makes a summary (one row per run at its last checkpoint) and one Markdown table per scorer (method x dataset x checkpoint -> Rel/Gen/Loc/OP) with
 the command that reproduces each run; :func:`plot_results` draws each metric against the
 number of edits (log x axis, one line per method, one figure per dataset and scorer);
 :func:`update_readme` puts the tables between ``<!-- results:start -->`` and
@@ -107,8 +107,31 @@ def _fmt(value) -> str:
 
 
 def _run_label(r: dict) -> str:
-    extra = " (chat)" if r.get("chat") else ""
-    return f"{r['method']}{extra}"
+    """The method, with what sets the run apart: chat, edit batches, overrides."""
+    cfg = r.get("config") or {}
+    extra = ["chat"] if r.get("chat") else []
+    if (cfg.get("edit_batch") or 1) > 1:
+        extra.append(f"batch {cfg['edit_batch']}")
+    extra += [f"{k}={v}" for k, v in sorted((cfg.get("overrides") or {}).items())]
+    return r["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def summary_table(results: list[dict]) -> list[str]:
+    """One row per run at its last checkpoint: both scorers side by side, time per edit."""
+    head = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP", "Gen-scored OP",
+            "s/edit"]
+    lines = ["### At the last checkpoint", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, r["method"])):
+        last = r["checkpoints"][-1] if r["checkpoints"] else {}
+        tf, gen = last.get("teacher_forced", {}), last.get("generation", {})
+        per_edit = r.get("time_per_edit")
+        status = "" if r.get("complete", True) else " (incomplete)"
+        cells = [_run_label(r) + status, r["dataset"], str(last.get("n", "–"))]
+        cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op"))]
+        cells.append("–" if per_edit is None else f"{per_edit:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def speed_report(speeds: list[dict]) -> list[str]:
@@ -155,7 +178,7 @@ def markdown_report(results: list[dict]) -> str:
     """One Markdown table per scorer, the speed runs, then the command behind each run."""
     speeds = [r for r in results if _is_speed(r)]
     results = [r for r in results if _is_bench(r)]
-    lines = []
+    lines = summary_table(results) if results else []
     for scorer, columns in COLUMNS.items():
         runs = [r for r in results if any(scorer in c for c in r["checkpoints"])]
         if not runs:
