@@ -68,13 +68,12 @@ class PromptContext:
         return torch.where(self.mask.bool(), pos, -1).max(dim=1).values
 
 
-class CodebookLayer(nn.Module):
-    """W wrapped with a codebook.
+class WrapperLayer(nn.Module):
+    """Base of the modules swapped in for W by the wrapper editors (codebook, WISE).
 
     Args:
         base_layer: the frozen W (``nn.Linear`` or GPT-2 ``Conv1D``).
-        editor: the owning editor; it provides ``route(acts, ctx) -> (B,) rows`` and
-            ``delta(rows, acts_last, values) -> (B, d_out)``, and ``mode`` "add" or "replace".
+        editor: the owning editor (kept as a plain attribute, not a submodule).
     """
 
     def __init__(self, base_layer: nn.Module, editor) -> None:
@@ -84,9 +83,6 @@ class CodebookLayer(nn.Module):
         self.context: PromptContext | None = None
         self.enabled = True
 
-    def extra_repr(self) -> str:
-        return f"method={self.editor.method}, entries={len(self.editor.codebook)}"
-
     @contextmanager
     def prompt(self, ctx: PromptContext):
         """Route the forwards inside this block with ``ctx``'s prompt positions."""
@@ -95,6 +91,19 @@ class CodebookLayer(nn.Module):
             yield ctx
         finally:
             self.context = previous
+
+
+class CodebookLayer(WrapperLayer):
+    """W wrapped with a codebook.
+
+    Args:
+        base_layer: the frozen W (``nn.Linear`` or GPT-2 ``Conv1D``).
+        editor: the owning editor; it provides ``route(acts, ctx) -> (B,) rows`` and
+            ``delta(rows, acts_last, values) -> (B, d_out)``, and ``mode`` "add" or "replace".
+    """
+
+    def extra_repr(self) -> str:
+        return f"method={self.editor.method}, entries={len(self.editor.codebook)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)

@@ -8,6 +8,7 @@ from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormali
 from .memit import MEMIT, MEMITConfig
 from .rome import ROME, ROMEConfig
 from .ultraedit import UltraEdit, UltraEditConfig
+from .wise import WISE, WISEConfig
 
 __all__ = [
     "FTL",
@@ -16,6 +17,7 @@ __all__ = [
     "MEMIT",
     "METHODS",
     "ROME",
+    "WISE",
     "AlphaEdit",
     "AlphaEditConfig",
     "Editor",
@@ -31,6 +33,7 @@ __all__ = [
     "ROMEConfig",
     "UltraEdit",
     "UltraEditConfig",
+    "WISEConfig",
     "get_method",
     "register",
 ]

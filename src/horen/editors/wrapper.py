@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..codebook import Codebook
-from ..layer import CodebookLayer, PromptContext, StopForward
+from ..layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
 from ..models import get_module, set_module
 from ..suffix import Suffix
 from ..text import Batch, make_batch
@@ -96,7 +96,30 @@ class LoRAValues:
         return torch.cat([a, torch.zeros(self.rank * self.d_out)])  # B = 0: starts as a no-op
 
 
-class CodebookEditor(Editor):
+class SwappedLayerEditor(Editor):
+    """Base of the editors that swap a :class:`~horen.layer.WrapperLayer` in for W
+    (``self.layer``): the unedited model, unwrapping, and the prompt context."""
+
+    layer: WrapperLayer
+
+    @contextmanager
+    def disabled(self):
+        previous, self.layer.enabled = self.layer.enabled, False
+        try:
+            yield self.model
+        finally:
+            self.layer.enabled = previous
+
+    def close(self) -> None:
+        """Put the original W back into the model."""
+        if get_module(self.model, self.site.path) is self.layer:
+            set_module(self.model, self.site.path, self.layer.base_layer)
+
+    def prompt_context(self, ctx: PromptContext):
+        return self.layer.prompt(ctx)
+
+
+class CodebookEditor(SwappedLayerEditor):
     """Base of the wrapper editors. Subclasses define ``query``, ``match`` and ``write``."""
 
     config_class = TrainConfig
@@ -111,7 +134,7 @@ class CodebookEditor(Editor):
             else DirectValues(site.d_in, site.d_out)
         )
         base = get_module(model, site.path)
-        if isinstance(base, CodebookLayer):
+        if isinstance(base, WrapperLayer):
             raise ValueError(f"{site.path} is already wrapped by an editor; close() it first")  # noqa: TRY004
         self.codebook = Codebook(site.d_in, self.values.shape, device=base.weight.device)
         self.layer = CodebookLayer(base, self)
@@ -344,23 +367,7 @@ class CodebookEditor(Editor):
         self.codebook.load_state_dict(tensors, state["labels"], state["ids"], state["next_id"])
         self.undo = undo
 
-    @contextmanager
-    def disabled(self):
-        previous, self.layer.enabled = self.layer.enabled, False
-        try:
-            yield self.model
-        finally:
-            self.layer.enabled = previous
-
-    def close(self) -> None:
-        """Put the original W back into the model."""
-        if get_module(self.model, self.site.path) is self.layer:
-            set_module(self.model, self.site.path, self.layer.base_layer)
-
     # ---- inference --------------------------------------------------------------------------
-    def prompt_context(self, ctx: PromptContext):
-        return self.layer.prompt(ctx)
-
     @torch.no_grad()
     def queries(self, prompts: list[str]) -> torch.Tensor:
         """``(B, d_in)`` queries of prompts, before any refinement (read below layer L+1)."""
