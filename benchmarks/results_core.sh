@@ -22,10 +22,19 @@ fi
 if step synthetic; then  # the long stream (issue 5): 10K fictional facts, teacher-forced only
   bench --method horen --dataset synthetic:10000 --scorers tf
 fi
-if step weights100; then  # issue 6: the weight-rewriting editors, ZsRE N = 100 sequential
-  for m in ft-l ft-m memit rome alphaedit; do
+if step weights100; then  # the weight-rewriting editors and WISE, ZsRE N = 100 sequential
+  for m in ft-l ft-m memit wise alphaedit rome; do
     bench --method $m --dataset zsre --n 100 --checkpoints 1,10,100
   done
+fi
+if step ultraedit; then  # lr on a held-out slice (the last 20 ZsRE records), then the runs
+  for lr in 1e-6 1e-5 3e-5 1e-4 3e-4; do
+    $H bench --threads 2 --no-progress --resume --method ultraedit --dataset zsre --n 20 \
+      --offset 3581 --checkpoints 20 --scorers tf --set lr=$lr --out results/calibration/ultraedit_lr
+  done
+  $H report results/calibration/ultraedit_lr/*.json --out results/calibration/ultraedit_lr --no-plots
+  bench --method ultraedit --dataset zsre --n 100 --checkpoints 1,10,100 --set lr=3e-5
+  bench --method ultraedit --dataset zsre --n 1000 --checkpoints 1,10,100,1000 --set lr=3e-5
 fi
 if step counterfact; then
   for m in horen grace grace-norm; do bench --method $m --dataset counterfact --n 1000; done
