@@ -122,7 +122,7 @@ def summary_table(results: list[dict]) -> list[str]:
             "s/edit"]
     lines = ["### At the last checkpoint", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    for r in sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, r["method"])):
+    for r in sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, _run_label(r))):
         last = r["checkpoints"][-1] if r["checkpoints"] else {}
         tf, gen = last.get("teacher_forced", {}), last.get("generation", {})
         per_edit = r.get("time_per_edit")
