@@ -78,6 +78,12 @@ def test_summary_has_one_row_per_run_with_what_sets_it_apart():
     summary = text.split("### Teacher-forced")[0]
     assert "| memit | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50 |" in summary
     assert "| memit (batch 100, lr=3e-05) (incomplete) | zsre | 100 | 1.000 | 0.300 |" in summary
+    assert "### zsre at N" not in summary  # both runs end at the same N
+    shorter = fake_result("rome")
+    shorter["checkpoints"] = shorter["checkpoints"][:2]
+    text = report.markdown_report([plain, shorter]).split("### Teacher-forced")[0]
+    common = text.split("### zsre at N = 10, every run")[1]
+    assert "| memit | zsre | 10 | 1.000 | 0.970 |" in common and "| rome | zsre | 10 |" in common
 
 
 def test_cli_writes_report_and_plots(results_dir, tmp_path):

@@ -116,22 +116,38 @@ def _run_label(r: dict) -> str:
     return r["method"] + (f" ({', '.join(extra)})" if extra else "")
 
 
+SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
+                "Gen-scored OP", "s/edit"]
+
+
+def _summary_row(r: dict, point: dict) -> str:
+    tf, gen = point.get("teacher_forced", {}), point.get("generation", {})
+    per_edit = r.get("time_per_edit")
+    status = "" if r.get("complete", True) else " (incomplete)"
+    cells = [_run_label(r) + status, r["dataset"], str(point.get("n", "–"))]
+    cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op"))]
+    cells.append("–" if per_edit is None else f"{per_edit:.2f}")
+    return "| " + " | ".join(cells) + " |"
+
+
 def summary_table(results: list[dict]) -> list[str]:
-    """One row per run at its last checkpoint: both scorers side by side, time per edit."""
-    head = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP", "Gen-scored OP",
-            "s/edit"]
-    lines = ["### At the last checkpoint", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
-    for r in sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, _run_label(r))):
-        last = r["checkpoints"][-1] if r["checkpoints"] else {}
-        tf, gen = last.get("teacher_forced", {}), last.get("generation", {})
-        per_edit = r.get("time_per_edit")
-        status = "" if r.get("complete", True) else " (incomplete)"
-        cells = [_run_label(r) + status, r["dataset"], str(last.get("n", "–"))]
-        cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op"))]
-        cells.append("–" if per_edit is None else f"{per_edit:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+    """One row per run at its last checkpoint: both scorers side by side, time per edit;
+    then, per dataset whose runs stop at different N, every run at the largest N they share."""
+    head = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
+    order = sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, _run_label(r)))
+    lines = ["### At the last checkpoint", "", *head]
+    lines += [_summary_row(r, r["checkpoints"][-1]) for r in order if r["checkpoints"]]
+    lines.append("")
+    for dataset in sorted({r["dataset"] for r in results}):
+        runs = [r for r in order if r["dataset"] == dataset and r["checkpoints"]]
+        shared = set.intersection(*({c["n"] for c in r["checkpoints"]} for r in runs)) if runs else set()
+        if len(runs) < 2 or not shared or len({r["checkpoints"][-1]["n"] for r in runs}) == 1:
+            continue
+        n = max(shared)
+        lines += [f"### {dataset} at N = {n}, every run (the same first {n} edits)", "", *head]
+        lines += [_summary_row(r, next(c for c in r["checkpoints"] if c["n"] == n)) for r in runs]
+        lines.append("")
+    return lines
 
 
 def speed_report(speeds: list[dict]) -> list[str]:
