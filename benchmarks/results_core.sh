@@ -48,4 +48,4 @@ fi
 if step zsre; then
   for m in horen grace grace-norm; do bench --method $m --dataset zsre; done
 fi
-$H report results/*__sequential.json results/speed__*.json results/speed_eval__*.json --out results/report --readme README.md
+$H report results/*__sequential*.json results/speed__*.json results/speed_eval__*.json --out results/report --readme README.md

@@ -118,6 +118,9 @@ def test_not_a_results_file(tmp_path):
     bad.write_text("{}")
     with pytest.raises(ValueError, match="neither a horen bench nor a bench-speed"):
         report.load_results([bad])
+    (tmp_path / "run.json").write_text(json.dumps(fake_result("horen")))
+    matched = report.load_results([tmp_path / "*.json"])  # a glob skips other JSON files
+    assert [r["method"] for r in matched] == ["horen"]
 
 
 def test_speed_results_get_their_own_table(results_dir):

@@ -18,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 from pathlib import Path
 
 from .bench.results import slug
@@ -60,13 +61,19 @@ PLOTTED = {
 
 def load_results(paths) -> list[dict]:
     """Results dicts from files (globs expanded), sorted by method, dataset, model, protocol."""
-    files = []
+    files = []  # (path, named explicitly)
     for p in paths:
-        files += sorted(glob.glob(str(p))) if any(c in str(p) for c in "*?[") else [str(p)]
+        if any(c in str(p) for c in "*?["):
+            files += [(f, False) for f in sorted(glob.glob(str(p)))]
+        else:
+            files.append((str(p), True))
     results = []
-    for f in files:
+    for f, named in files:
         data = json.loads(Path(f).read_text())
         if not _is_bench(data) and not _is_speed(data):
+            if not named:  # a glob also matched another kind of JSON (codebook_scale.json)
+                print(f"horen report: skipped {f}: not a bench or bench-speed result", file=sys.stderr)
+                continue
             raise ValueError(f"{f} is neither a horen bench nor a bench-speed results file")
         data.setdefault("file", Path(f).name)
         results.append(data)
