@@ -124,7 +124,7 @@ def _run_label(r: dict) -> str:
 
 
 SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
-                "Gen-scored OP", "s/edit"]
+                "Gen-scored OP", "s/edit (whole run)"]
 
 
 def _summary_row(r: dict, point: dict) -> str:
@@ -251,23 +251,27 @@ def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
             if not runs:
                 continue
             several = len({(r["model"], r["protocol"]) for r in runs}) > 1
+            labels = [_run_label(r) + (f" [{r['model']}, {r['protocol']}]" if several else "")
+                      for r in runs]
+            labels = [lab + (f" N={r['n']}" if labels.count(lab) > 1 else "")
+                      for lab, r in zip(labels, runs)]
             fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
             for ax, key in zip(axes[0], keys):
-                for r in runs:
+                for r, label in zip(runs, labels):
                     pts = [(c["n"], c[scorer].get(key)) for c in r["checkpoints"] if scorer in c]
                     pts = [(n, v) for n, v in pts if v is not None]
                     if not pts:
                         continue
-                    label = _run_label(r) + (f" [{r['model']}, {r['protocol']}]" if several else "")
                     ax.plot(*zip(*pts), marker="o", label=label)
                 ax.set_xscale("log")
                 ax.set_xlabel("number of edits")
                 ax.set_title(key)
                 ax.set_ylim(-0.02, 1.02)
                 ax.grid(alpha=0.3)
-            axes[0][0].legend(fontsize=8)
+            handles, names = axes[0][0].get_legend_handles_labels()
             fig.suptitle(f"{dataset}: {TITLES[scorer]}")
-            fig.tight_layout()
+            fig.tight_layout(rect=(0, 0, 0.84, 1))  # the legend goes to the right of the plots
+            fig.legend(handles, names, loc="center right", fontsize=8)
             path = out_dir / f"{slug(dataset)}__{scorer}.png"
             fig.savefig(path, dpi=100)
             plt.close(fig)
