@@ -404,7 +404,7 @@ def test_ultraedit_writes_the_normalized_pseudo_values(family):
 
 def w_matrix_at(ed, path) -> torch.Tensor:
     w = ed.model.get_parameter(f"{path}.weight").detach().double()
-    return w.T if ed.is_conv1d else w
+    return w.T if ed.site.conv1d else w
 
 
 def test_ultraedit_rollback_restores_the_normalizer():

@@ -132,27 +132,34 @@ class UltraEdit(WeightEditor):
         if config.modules is None:
             config = dataclasses.replace(config, modules=default_modules(model))
         super().__init__(model, tokenizer, config)
-        self.is_conv1d = self.site.conv1d  # the table's flag: GPT-2's MLP matrices are Conv1D
         for path in self.config.modules:
             get_module(model, path)  # a clear error for a wrong path
         # group -> shape key -> (count, mean, M2) of that group's rows
         self.moments: dict[int, dict[str, tuple]] = {}
+        # shape key -> (last group merged, the running (count, mean, M2) up to it)
+        self._totals: dict[str, tuple[int, tuple]] = {}
 
     # ---- shapes and the normalizer ---------------------------------------------------------
     def shape(self, path: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of the matrix at ``path``."""
         w = get_module(self.model, path).weight
-        return (w.shape[0], w.shape[1]) if self.is_conv1d else (w.shape[1], w.shape[0])
+        return (w.shape[0], w.shape[1]) if self.site.conv1d else (w.shape[1], w.shape[0])
 
     def normalizer(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(μ, σ)`` of shape ``key`` over every live group, merged in edit order."""
-        total = None
-        for group in sorted(self.moments):
+        """``(μ, σ)`` of shape ``key`` over every live group, merged in edit order.
+
+        The running total is kept and extended by the groups added since; a rollback or a
+        load drops it and the next call merges from the start (the same merges, same bits).
+        """
+        last, total = self._totals.get(key, (0, None))
+        for group in sorted(g for g in self.moments if g > last):
             part = self.moments[group].get(key)
             if part is not None:
                 total = part if total is None else merge_moments(total, part)
+            last = group
         if total is None:
             return None
+        self._totals[key] = (last, total)
         count, mean, m2 = total
         var = m2 / (count - 1) if count > 1 else torch.zeros_like(m2)
         return mean, var.sqrt()
@@ -213,9 +220,9 @@ class UltraEdit(WeightEditor):
                 factors = ridge_factors(keys[path], values, cfg.ridge)
                 if "W" in factors:  # more rows than input dims: store ΔW itself
                     w = factors.pop("W")
-                    factors = {"dense": (w.T if self.is_conv1d else w).to(
+                    factors = {"dense": (w.T if self.site.conv1d else w).to(
                         self.param(f"{path}.weight").dtype)}
-                self.add_delta(group, f"{path}.weight", factors, self.is_conv1d)
+                self.add_delta(group, f"{path}.weight", factors, self.site.conv1d)
                 norms[path] = round(delta_norm(factors), 6)
         return {"case": "ultraedit", "group": group, "params": [f"{p}.weight" for p in cfg.modules],
                 "loss": round(loss, 5), "rows": int(next(iter(keys.values())).shape[0]),
@@ -236,6 +243,7 @@ class UltraEdit(WeightEditor):
     # ---- rollback and state ----------------------------------------------------------------
     def _remove(self, edit: dict) -> None:
         self.moments.pop(edit.get("group", edit["id"]), None)
+        self._totals = {}
         super()._remove(edit)
 
     def _state(self):
@@ -251,6 +259,7 @@ class UltraEdit(WeightEditor):
 
     def _load_state(self, state, tensors):
         super()._load_state(state, tensors)
+        self._totals = {}
         self.moments = {
             int(group): {key: (count, tensors[f"moments.{group}.{key}.mean"],
                                tensors[f"moments.{group}.{key}.m2"])
