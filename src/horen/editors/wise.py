@@ -129,7 +129,8 @@ class WISELayer(WrapperLayer):
             side = ed.linear(x, self.train_side)
             self.train_delta = (ed.act(side) - ed.act(out)).norm(dim=-1)
             return side
-        if not self.enabled or not ed.candidates():
+        candidates = ed.candidates() if self.enabled else []
+        if not candidates:
             return out
         ctx = self.context or PromptContext(torch.ones(x.shape[:2], device=x.device))
         if ctx.decision is None:
@@ -141,7 +142,7 @@ class WISELayer(WrapperLayer):
             if c < 0:
                 continue
             rows = (choice == c).nonzero(as_tuple=True)[0]
-            out[rows] = ed.linear(x[rows], ed.candidates()[c][0]).to(out.dtype)
+            out[rows] = ed.linear(x[rows], candidates[c][0]).to(out.dtype)
         return out
 
 
@@ -181,7 +182,11 @@ class WISE(SwappedLayerEditor):
         self.shard = 0
         self.mask = self._mask(0)
         self.shard_edits: list[tuple[int, EditRecord, float]] = []  # (id, record, in-scope Δ)
-        self.edit_count = 0
+
+    @property
+    def edit_count(self) -> int:
+        """Live edits: those saved in memories and those of the live shard."""
+        return len(self.saved_ids) + len(self.shard_edits)
 
     # ---- pieces -----------------------------------------------------------------------------
     def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -299,16 +304,15 @@ class WISE(SwappedLayerEditor):
             self.save_shard()
         info = self.train(record, self.next_edit_id)
         self.shard_edits.append((self.next_edit_id, record, info.pop("_act_in")))
-        self.edit_count += 1
         return {"case": "train", "entry": f"shard {self.shard}", "shard": self.shard, **info}
 
     def save_shard(self) -> None:
         """Move the live side memory to memory (TIES-merging every merge_freq edits)."""
-        cfg = self.config
+        cfg, count = self.config, self.edit_count
         self.memories.append((self.side, self.threshold()))
         self.saved_ids += [i for i, _, _ in self.shard_edits]
         per_merge = cfg.merge_freq // cfg.save_freq
-        if per_merge > 1 and self.edit_count % cfg.merge_freq == 0:
+        if per_merge > 1 and count % cfg.merge_freq == 0:
             group, self.memories = self.memories[-per_merge:], self.memories[:-per_merge]
             merged = ties_merge(self.w0, [w for w, _ in group], cfg.densities)
             self.memories.append((merged, min(t for _, t in group)))
@@ -325,7 +329,6 @@ class WISE(SwappedLayerEditor):
             raise ValueError(f"edit {edit['id']} is in a saved WISE memory; it cannot be rolled back")
         kept = [(i, r) for i, r, _ in self.shard_edits if i != edit["id"]]
         self.side, self.shard_edits = self.w0.clone(), []
-        self.edit_count -= 1
         for i, record in kept:  # retrain from the shard's start: same steps, same result
             info = self.train(record, i)
             self.shard_edits.append((i, record, info["_act_in"]))
@@ -337,14 +340,14 @@ class WISE(SwappedLayerEditor):
             tensors[f"memory.{k}"] = w
         state = {
             "thresholds": [t for _, t in self.memories], "saved_ids": self.saved_ids,
-            "shard": self.shard, "edit_count": self.edit_count, "templates": self.templates,
+            "shard": self.shard, "templates": self.templates,
             "shard_edits": [[i, dataclasses.asdict(r), d] for i, r, d in self.shard_edits],
         }
         return state, tensors
 
     def _load_state(self, state, tensors):
         self.templates = state.get("templates")
-        self.shard, self.edit_count = state["shard"], state["edit_count"]
+        self.shard = state["shard"]
         self.mask = self._mask(self.shard)
         self.side = tensors["side"].to(self.w0)
         self.memories = [(tensors[f"memory.{k}"].to(self.w0), t)
