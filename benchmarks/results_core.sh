@@ -36,8 +36,32 @@ if step ultraedit; then  # lr on a held-out slice (the last 20 ZsRE records), th
   bench --method ultraedit --dataset zsre --n 100 --checkpoints 1,10,100 --set lr=3e-5
   bench --method ultraedit --dataset zsre --n 1000 --checkpoints 1,10,100,1000 --set lr=3e-5
 fi
-if step counterfact; then
-  for m in horen grace grace-norm; do bench --method $m --dataset counterfact --n 1000; done
+if step weights_cf100; then  # the weight-rewriting editors, CounterFact N = 100 sequential
+  for m in ft-l ft-m alphaedit rome memit; do
+    bench --method $m --dataset counterfact --n 100 --checkpoints 1,10,100
+  done
+fi
+if step weights1000; then  # not run yet on this CPU (2.5-4.5 h each for ROME, MEMIT, AlphaEdit)
+  dense=1,10,100,200,300,400,500,600,700,800,900
+  for d in zsre counterfact; do
+    for m in ft-l ft-m; do  # dense deltas, 3.5 MB an edit: keep the last 100 for rollback
+      bench --method $m --dataset $d --n 1000 --checkpoints $dense --set rollback_window=100
+    done
+    for m in alphaedit rome memit; do
+      bench --method $m --dataset $d --n 1000 --checkpoints $dense
+    done
+  done
+fi
+if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one closed-form solve each
+  bench --method memit --dataset zsre --n 100 --checkpoints 100 --edit-batch 100
+  bench --method memit --dataset zsre --n 1000 --checkpoints 100,200,300,400,500,600,700,800,900 \
+    --edit-batch 100
+fi
+if step counterfact; then  # dense checkpoints: a killed run resumes from the last one
+  bench --method horen --dataset counterfact --n 1000
+  for m in grace grace-norm; do
+    bench --method $m --dataset counterfact --n 1000 --checkpoints 1,10,100,200,500,1000
+  done
 fi
 if step wikibigedit; then
   for m in horen grace grace-norm; do bench --method $m --dataset wikibigedit --n 1000; done

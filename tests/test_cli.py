@@ -65,3 +65,20 @@ def test_edit_from_file(model_dir, tmp_path):
                  "--method", "grace", "--set", "max_steps=2"]) == 0
     meta = json.loads((tmp_path / "edits" / "edit_config.json").read_text())
     assert meta["method"] == "grace" and len(meta["edits"]) == 2
+
+
+def test_folded_weight_edits_are_listed_and_not_removed(model_dir, tmp_path, capsys):
+    edits = str(tmp_path / "edits")
+    assert main(["edit", "--model", model_dir, "--edits", edits, "--method", "ft-m",
+                 "--prompt", P1, "--target", "Paris", "--set", "num_steps=2",
+                 "--set", "rollback_window=1"]) == 0
+    assert main(["edit", "--edits", edits, "--prompt", P2, "--target", "Nile"]) == 0
+    capsys.readouterr()
+    assert main(["edits", "list", "--edits", edits]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "folded" in lines[1] and "folded" not in lines[2]
+    before = (tmp_path / "edits" / "edit_config.json").read_text()
+    assert main(["edits", "remove", "1", "--edits", edits]) == 2
+    assert "folded" in capsys.readouterr().err
+    assert (tmp_path / "edits" / "edit_config.json").read_text() == before
+    assert main(["edits", "remove", "2", "--edits", edits]) == 0

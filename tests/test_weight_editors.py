@@ -42,12 +42,12 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def make(method: str, model, tok):
+def make(method: str, model, tok, **more):
     extra = {"rome": {}, "memit": WINDOW, "alphaedit": WINDOW, "ft-l": {}, "ft-m": {},
              "ultraedit": {"lr": 1e-2}}[method]
     fast = (FAST if method in ("rome", "memit", "alphaedit")
             else {} if method == "ultraedit" else {"num_steps": 3})
-    return get_method(method)(model, tok, **fast, **extra)
+    return get_method(method)(model, tok, **fast, **extra, **more)
 
 
 def w_matrix(ed, site) -> torch.Tensor:
@@ -303,6 +303,36 @@ def test_save_load_round_trip(method, tmp_path):
         Editor.load(other, tok3, path)
     loaded.close()
     assert same(weights(fresh), weights(build("llama")[0]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rollback_window_folds_old_groups_and_keeps_the_bits(method, tmp_path):
+    full_model, tok = build("gpt2")
+    full = make(method, full_model, tok)
+    model, tok2 = build("gpt2")
+    ed = make(method, model, tok2, rollback_window=2)
+    w0 = weights(model)
+    for r in (R1, R2, R3):
+        full.apply(r)
+        ed.apply(r)
+        assert same(weights(model), weights(full_model))  # folding moves no bit
+    assert sorted(ed.deltas) == [2, 3] and ed.folded_upto == 1
+    assert [e.get("folded", False) for e in ed.list_edits()] == [True, False, False]
+    with pytest.raises(ValueError, match="folded"):
+        ed.remove(1, cascade=True)
+    with ed.disabled():
+        assert same(weights(model), w0)
+    path = ed.save(tmp_path / "edits")
+    fresh, tok3 = build("gpt2")
+    loaded = Editor.load(fresh, tok3, path)
+    assert loaded.folded_upto == 1 and same(weights(fresh), weights(model))
+    for editor in (full, ed, loaded):
+        editor.remove(3)
+    assert same(weights(model), weights(full_model)) and same(weights(fresh), weights(model))
+    loaded.close()
+    assert same(weights(fresh), w0)
+    with pytest.raises(ValueError, match="rollback_window"):
+        make(method, *build("gpt2"), rollback_window=0)
 
 
 # ---- fine-tuning ---------------------------------------------------------------------------

@@ -97,8 +97,9 @@ def cmd_edits(args) -> int:
     if args.action == "list":
         print(f"{len(meta['edits'])} {meta['method']} edits on {meta['model']['name']}")
         for e in meta["edits"]:
+            folded = "  (folded: no rollback)" if e.get("folded") else ""
             print(f"{e['id']:>6}  {e['time']}  entry {e.get('entry', '-'):>5}  "
-                  f"{e['prompt']!r} -> {e['target']!r}")
+                  f"{e['prompt']!r} -> {e['target']!r}{folded}")
         return 0
     if args.id is None:
         raise SystemExit("horen edits remove needs an edit id")

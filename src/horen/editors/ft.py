@@ -49,6 +49,7 @@ class FTConfig(WeightConfig):
         default=True, metadata={"help": "also train W_out's bias where it has one (GPT-2)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lr <= 0 or self.num_steps < 1 or self.stop_loss < 0:
             raise ValueError("lr must be > 0, num_steps >= 1 and stop_loss >= 0")
         if self.norm_constraint is not None and self.norm_constraint <= 0:

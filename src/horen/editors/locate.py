@@ -67,6 +67,7 @@ class LocateConfig(WeightConfig):
         default=1024, metadata={"help": "packed sequence length for the statistics"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.v_lr <= 0 or self.v_num_grad_steps < 1:
             raise ValueError("v_lr must be > 0 and v_num_grad_steps >= 1")
         if min(self.v_weight_decay, self.kl_factor) < 0 or self.clamp_norm_factor <= 0:

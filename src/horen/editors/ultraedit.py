@@ -60,6 +60,7 @@ class UltraEditConfig(WeightConfig):
     eps: float = dataclasses.field(default=1e-5, metadata={"help": "added to sigma"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.token not in ("mask", "ans"):
             raise ValueError(f"token must be 'mask' or 'ans', not {self.token!r}")
         if self.lr <= 0 or self.ridge <= 0 or self.eps < 0:

@@ -18,6 +18,12 @@ original values W₀ of every touched parameter are kept, so:
   the delta would not: floating-point ``(w + d) - d`` is not always ``w``);
 * save writes only the deltas (safetensors), and load replays them onto a fresh base.
 
+Bounded memory for long streams: with ``rollback_window = K`` only the last K groups keep
+their deltas; an older group is *folded* into the replay base (the same additions in the same
+order, so the weights keep their bits) and can no longer be rolled back. Dense fine-tuning
+deltas cost d_ff·d_model floats per edit (3.5 MB on the embedded model), so a window is what
+lets FT run 1000 edits without holding and saving gigabytes.
+
 Rolling back an *older* edit of a sequential stream: later edits were computed on a model
 that contained it. With ``strict_rollback`` (default) they count as built on it, so
 :meth:`remove` refuses unless ``cascade`` (then everything from that edit on is undone,
@@ -45,6 +51,15 @@ class WeightConfig(EditorConfig):
         metadata={"help": "later edits on the same weights block removing an older one "
                           "(remove it with cascade=True); False: subtract only its own delta"},
     )
+    rollback_window: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "keep the deltas of the last K edit groups; older ones are folded "
+                          "into the base weights and cannot be rolled back; None = keep all"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.rollback_window is not None and self.rollback_window < 1:
+            raise ValueError(f"rollback_window must be >= 1 or None, not {self.rollback_window}")
 
 
 class WeightEditor(Editor):
@@ -61,6 +76,8 @@ class WeightEditor(Editor):
         self.w0: dict[str, torch.Tensor] = {}  # parameter name -> original values
         self.conv1d: dict[str, bool] = {}  # parameter name -> stored transposed (GPT-2)
         self.deltas: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # group -> name -> factors
+        self.base: dict[str, torch.Tensor] = {}  # name -> W₀ + the folded groups' deltas
+        self.folded_upto = 0  # groups up to this one are folded into self.base
         self._defer = self._dirty = False
 
     # ---- writing -----------------------------------------------------------------------------
@@ -86,16 +103,34 @@ class WeightEditor(Editor):
         if name not in self.w0:
             self.w0[name] = param.detach().clone()
             self.conv1d[name] = bool(conv1d)
+        window = self.config.rollback_window
+        if window is not None and group not in self.deltas:
+            while len(self.deltas) >= window:
+                self.fold(min(self.deltas))
         with torch.no_grad():
             param.add_(self.materialize(name, factors))
         self.deltas.setdefault(group, {})[name] = {k: v.detach() for k, v in factors.items()}
 
+    def fold(self, group: int) -> None:
+        """Fold the oldest live ``group`` into the replay base: kept in the weights, no rollback."""
+        if group != min(self.deltas):
+            raise ValueError(f"only the oldest live group can be folded, not {group}")
+        with torch.no_grad():
+            for name, factors in self.deltas.pop(group).items():
+                base = self.base.setdefault(name, self.w0[name].clone())
+                base.add_(self.materialize(name, factors))
+        self.folded_upto = group
+        for e in self.edits:
+            if e.get("group", e["id"]) <= group:
+                e["folded"] = True
+
     # ---- rollback ----------------------------------------------------------------------------
     def replay(self) -> None:
-        """Set every touched parameter to W₀ + the live deltas, added in their original order."""
+        """Set every touched parameter to its base (W₀ + folded groups) + the live deltas,
+        added in their original order."""
         with torch.no_grad():
             for name, w0 in self.w0.items():
-                self.param(name).copy_(w0)
+                self.param(name).copy_(self.base.get(name, w0))
             for group in sorted(self.deltas):
                 for name, factors in self.deltas[group].items():
                     self.param(name).add_(self.materialize(name, factors))
@@ -120,6 +155,11 @@ class WeightEditor(Editor):
 
     def remove(self, edit_id: int, cascade: bool = False) -> list[int]:
         """Roll back edit ``edit_id`` (see the module docstring); one replay at the end."""
+        edit = next((e for e in self.edits if e["id"] == edit_id), None)
+        if edit is not None and edit.get("group", edit_id) <= self.folded_upto:
+            raise ValueError(
+                f"edit {edit_id} was folded into the base weights (rollback_window="
+                f"{self.config.rollback_window}); it can no longer be rolled back")
         self._defer = True
         try:
             return super().remove(edit_id, cascade)
@@ -135,15 +175,28 @@ class WeightEditor(Editor):
             for name, factors in params.items():
                 for key, value in factors.items():
                     tensors[f"delta.{group}.{name}.{key}"] = value
+        for name, base in self.base.items():  # float64 difference: reloads to the same bits
+            tensors[f"folded.{name}"] = base.double() - self.w0[name].double()
         state = {
             "groups": {str(g): sorted(p) for g, p in self.deltas.items()},
             "conv1d": self.conv1d,
+            "folded": {"upto": self.folded_upto, "params": sorted(self.base)},
         }
         return state, tensors
 
     def _load_state(self, state, tensors):
         self.replay()  # a fresh editor: nothing applied yet
         conv1d = state.get("conv1d", {})
+        folded = state.get("folded", {"upto": 0, "params": []})
+        with torch.no_grad():
+            for name in folded["params"]:
+                param = self.param(name)
+                self.w0[name] = param.detach().clone()
+                self.conv1d[name] = bool(conv1d.get(name, False))
+                diff = tensors[f"folded.{name}"].to(param.device)
+                self.base[name] = (self.w0[name].double() + diff).to(param.dtype)
+                param.copy_(self.base[name])
+        self.folded_upto = int(folded["upto"])
         for group in sorted(state.get("groups", {}), key=int):
             for name in state["groups"][group]:
                 prefix = f"delta.{group}.{name}."
@@ -176,4 +229,4 @@ class WeightEditor(Editor):
         with torch.no_grad():
             for name, w0 in self.w0.items():
                 self.param(name).copy_(w0)
-        self.w0, self.deltas, self.conv1d = {}, {}, {}
+        self.w0, self.deltas, self.conv1d, self.base, self.folded_upto = {}, {}, {}, {}, 0
