@@ -19,6 +19,9 @@ if step zsre1000; then
   bench --method grace --dataset zsre --n 1000 --checkpoints 1,10,100,1000 --scorers tf
   bench --method grace-norm --dataset zsre --n 1000 --checkpoints 1,10,100,1000 --scorers tf
 fi
+if step zsre100; then  # GRACE and GRACE+Norm scored both ways, the first 100 ZsRE edits
+  for m in grace grace-norm; do bench --method $m --dataset zsre --n 100 --checkpoints 1,10,100; done
+fi
 if step synthetic; then  # the long stream (issue 5): 10K fictional facts, teacher-forced only
   bench --method horen --dataset synthetic:10000 --scorers tf
 fi
@@ -66,8 +69,8 @@ fi
 if step wikibigedit; then
   for m in horen grace grace-norm; do bench --method $m --dataset wikibigedit --n 1000; done
 fi
-if step unke; then
-  for m in horen grace grace-norm; do bench --method $m --dataset unke --n 100; done
+if step unke; then  # long answers: ~8 s/edit for HoReN, ~15 min to score 100
+  for m in horen grace-norm grace; do bench --method $m --dataset unke --n 100; done
 fi
 if step zsre; then
   for m in horen grace grace-norm; do bench --method $m --dataset zsre; done
