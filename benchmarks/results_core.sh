@@ -10,6 +10,12 @@ H=${HOREN:-.venv/bin/horen}
 bench() { $H bench --threads 2 --out results --no-progress --resume "$@"; }
 step() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
+if step unedited; then  # the base model's own scores: the reference row of each table
+  bench --method unedited --dataset zsre --n 1000 --checkpoints 1,10,100,1000
+  bench --method unedited --dataset counterfact --n 1000
+  bench --method unedited --dataset wikibigedit --n 1000
+  bench --method unedited --dataset unke --n 100 --checkpoints 100
+fi
 if step speed; then
   $H bench-speed --n 200 --threads 2 --out results
   $H bench-speed --eval-only --n 100 --threads 2 --out results

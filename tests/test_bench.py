@@ -312,3 +312,29 @@ def test_edit_batch_writes_batches_through_apply_batch(tmp_path, monkeypatch):
         runner.run_bench(cfg(tmp_path, edit_batch=2), RECORDS, build("gpt2"))
     with pytest.raises(ValueError, match="sequential"):
         cfg(tmp_path, edit_batch=2, protocol="immediate")
+
+
+def test_unedited_scores_the_base_model(tmp_path):
+    from horen import metrics
+    from horen.editors import Editor, HoReN, Unedited
+
+    model, tok = build("llama")
+    result = runner.run_bench(cfg(tmp_path, method="unedited", overrides={}), RECORDS, (model, tok))
+    last = result["checkpoints"][-1]
+    assert [c["teacher_forced"]["loc"] for c in result["checkpoints"]] == [1.0] * 4
+    assert last["generation"]["loc"] == 1.0
+    # Rel/Gen are the base model's own: the same as a HoReN editor's with its codebook off
+    horen = HoReN(model, tok, max_steps=4)
+    horen.apply_many(RECORDS)
+    with horen.disabled():
+        ref = metrics.base_reference(horen, RECORDS, ("tf",))
+        rows = metrics.score_teacher_forced(horen, RECORDS, ref)
+    base = metrics.summarize(rows, "teacher_forced")
+    assert last["teacher_forced"]["rel"] == pytest.approx(base["rel"])
+    assert last["teacher_forced"]["gen"] == pytest.approx(base["gen"])
+    horen.close()
+    ed = Unedited(model, tok)
+    ed.edit("Who leads Zorblat Industries?", "Mira Quell")
+    loaded = Editor.load(model, tok, ed.save(tmp_path / "edits"))
+    assert type(loaded) is Unedited and [e["id"] for e in loaded.list_edits()] == [1]
+    assert loaded.remove(1) == [1] and loaded.edits == []

@@ -8,6 +8,7 @@ from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormali
 from .memit import MEMIT, MEMITConfig
 from .rome import ROME, ROMEConfig
 from .ultraedit import UltraEdit, UltraEditConfig
+from .unedited import Unedited
 from .wise import WISE, WISEConfig
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ROMEConfig",
     "UltraEdit",
     "UltraEditConfig",
+    "Unedited",
     "WISEConfig",
     "get_method",
     "register",
