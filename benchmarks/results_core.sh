@@ -75,7 +75,7 @@ fi
 if step wikibigedit; then
   for m in horen grace grace-norm; do bench --method $m --dataset wikibigedit --n 1000; done
 fi
-if step unke; then  # long answers: ~8 s/edit for HoReN, ~15 min to score 100
+if step unke; then  # long answers: ~9 s/edit for HoReN, ~10 min to score 100
   for m in horen grace-norm grace; do bench --method $m --dataset unke --n 100; done
 fi
 if step zsre; then
