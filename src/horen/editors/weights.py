@@ -100,9 +100,7 @@ class WeightEditor(Editor):
     def add_delta(self, group: int, name: str, factors: dict[str, torch.Tensor], conv1d=False):
         """Add a delta to parameter ``name`` now and remember it under ``group``."""
         param = self.param(name)
-        if name not in self.w0:
-            self.w0[name] = param.detach().clone()
-            self.conv1d[name] = bool(conv1d)
+        self._track(name, conv1d)
         window = self.config.rollback_window
         if window is not None and group not in self.deltas:
             while len(self.deltas) >= window:
@@ -110,6 +108,12 @@ class WeightEditor(Editor):
         with torch.no_grad():
             param.add_(self.materialize(name, factors))
         self.deltas.setdefault(group, {})[name] = {k: v.detach() for k, v in factors.items()}
+
+    def _track(self, name: str, conv1d: bool) -> None:
+        """Keep W₀ and the orientation of ``name`` the first time an edit touches it."""
+        if name not in self.w0:
+            self.w0[name] = self.param(name).detach().clone()
+            self.conv1d[name] = bool(conv1d)
 
     def fold(self, group: int) -> None:
         """Fold the oldest live ``group`` into the replay base: kept in the weights, no rollback."""
@@ -191,8 +195,7 @@ class WeightEditor(Editor):
         with torch.no_grad():
             for name in folded["params"]:
                 param = self.param(name)
-                self.w0[name] = param.detach().clone()
-                self.conv1d[name] = bool(conv1d.get(name, False))
+                self._track(name, conv1d.get(name, False))
                 diff = tensors[f"folded.{name}"].to(param.device)
                 self.base[name] = (self.w0[name].double() + diff).to(param.dtype)
                 param.copy_(self.base[name])
