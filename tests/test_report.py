@@ -82,8 +82,20 @@ def test_summary_has_one_row_per_run_with_what_sets_it_apart():
     shorter = fake_result("rome")
     shorter["checkpoints"] = shorter["checkpoints"][:2]
     text = report.markdown_report([plain, shorter]).split("### Teacher-forced")[0]
-    common = text.split("### zsre at N = 10, every run")[1]
+    common = text.split("### zsre at N = 10, every method")[1]
     assert "| memit | zsre | 10 | 1.000 | 0.970 |" in common and "| rome | zsre | 10 |" in common
+
+
+def test_a_method_run_at_two_lengths_gets_one_row_at_their_shared_n():
+    long_run = fake_result("grace", ops=(1.0, 0.5, 0.4))
+    short_run = fake_result("grace", ops=(1.0, 0.6, 0.6))
+    short_run["checkpoints"] = short_run["checkpoints"][:2]
+    short_run["time_per_edit"] = 0.25
+    other = fake_result("horen")
+    text = report.markdown_report([long_run, short_run, other]).split("### Teacher-forced")[0]
+    common = text.split("### zsre at N = 10, every method")[1]
+    assert common.count("| grace |") == 1 and common.count("| horen |") == 1
+    assert "| grace | zsre | 10 | 1.000 | 0.600 | 1.000 | 0.600 | 0.700 | 0.25 |" in common
 
 
 def test_cli_writes_report_and_plots(results_dir, tmp_path):
