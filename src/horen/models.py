@@ -68,6 +68,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture("gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm",
                              mlp_in=("mlp.dense_h_to_4h",)),
     "gptj": Architecture("transformer.h", "mlp.fc_out", "transformer.ln_f", mlp_in=("mlp.fc_in",)),
+    "gemma3_text": _LLAMA,
+    "olmo2": _LLAMA,
+    "stablelm": _LLAMA,
+    "phi": Architecture("model.layers", "mlp.fc2", "model.final_layernorm", mlp_in=("mlp.fc1",)),
+    "starcoder2": Architecture("model.layers", "mlp.c_proj", "model.norm", mlp_in=("mlp.c_fc",)),
+    "falcon": Architecture("transformer.h", "mlp.dense_4h_to_h", "transformer.ln_f",
+                           mlp_in=("mlp.dense_h_to_4h",)),
+    "bloom": Architecture("transformer.h", "mlp.dense_4h_to_h", "transformer.ln_f",
+                          mlp_in=("mlp.dense_h_to_4h",)),
 }
 """``config.model_type`` -> :class:`Architecture`. The single source of truth for edit sites."""
 
