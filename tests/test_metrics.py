@@ -166,6 +166,24 @@ def test_batching_does_not_change_scores(tiny):
         assert a == b
 
 
+def test_greedy_answers_do_not_depend_on_what_they_are_batched_with(tiny):
+    """Each answer is decoded from its own token budget, not the batch's longest: a base
+    model's locality answers at checkpoint n (a few records) equal those of the reference
+    (all N records, other batches), so the unedited model scores generated Loc 1."""
+    model, tok = tiny
+    ed = HoReN(model, tok)
+    prompts = [r.prompt for r in RECORDS] + [RECORDS[0].locality_prompt]
+    lengths = [1, 7, 3, 2]
+    together = M.generate_answers(ed, prompts, lengths, batch_size=4)
+    alone = [M.generate_answers(ed, [p], [k])[0] for p, k in zip(prompts, lengths)]
+    assert together == alone
+    assert M.generate_ids(ed, prompts, lengths, 4) == [
+        M.generate_ids(ed, [p], [k])[0] for p, k in zip(prompts, lengths)
+    ]
+    ref = M.base_reference(ed, RECORDS, ["gen"], batch_size=4)
+    assert [r["loc"] for r in M.score_generation(ed, RECORDS[1:2], ref[1:2])] == [1.0]
+
+
 # ---- generation values -----------------------------------------------------------------------
 def test_generation_oracle_values():
     answers = {

@@ -39,6 +39,7 @@ def fake_result(method, dataset="zsre", ops=(1.0, 0.97, 0.9), complete=True):
         "chat": False,
         "complete": complete,
         "scorers": ["teacher_forced", "generation"],
+        "decoding_version": 2,
         "time_per_edit": 0.5,
         "git": {"commit": "abcdef0123456789", "dirty": True},
         "command": f"horen bench --method {method} --dataset {dataset} --n 100",
@@ -96,6 +97,20 @@ def test_a_method_run_at_two_lengths_gets_one_row_at_their_shared_n():
     common = text.split("### zsre at N = 10, every method")[1]
     assert common.count("| grace |") == 1 and common.count("| horen |") == 1
     assert "| grace | zsre | 10 | 1.000 | 0.600 | 1.000 | 0.600 | 0.700 | 0.25 |" in common
+
+
+def test_runs_decoded_the_old_way_are_marked_in_generation_numbers_only():
+    old = fake_result("grace")
+    del old["decoding_version"]  # results files from before it was recorded
+    text = report.markdown_report([old, fake_result("horen")])
+    summary = text.split("### Teacher-forced")[0]
+    assert "| grace | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700¹ | 0.50 |" in summary
+    assert "| horen | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50 |" in summary
+    generation = text.split("### Generation")[1].split("### Runs")[0]
+    assert "| grace¹ | zsre |" in generation and "| horen | zsre |" in generation
+    assert "| grace | zsre | tiny |" in text.split("### Teacher-forced")[1].split("### Generation")[0]
+    assert report.OLD_DECODING_NOTE in text
+    assert report.OLD_DECODING_NOTE not in report.markdown_report([fake_result("horen")])
 
 
 def test_cli_writes_report_and_plots(results_dir, tmp_path):

@@ -45,6 +45,13 @@ from .text import encode_pair, make_batch
 SCORERS = {"tf": "teacher_forced", "gen": "generation", "unke": "unke"}
 """Short scorer name (CLI) -> the label used in results files."""
 
+DECODING_VERSION = 2
+"""How greedy answers are cut, recorded in every results file. 1 (results before it was
+recorded): each answer was decoded from its batch's longest budget, so it depended on the
+prompts batched with it, and generated locality at a checkpoint was compared with a base
+reference decoded in other batches (the unedited model scored 0.66-0.99 there instead of 1).
+2: each answer is cut to its own budget (:meth:`horen.editors.base.Editor.generate`)."""
+
 EM_SLACK = 4
 """Extra greedy tokens decoded beyond the target's length for exact match (a differently
 tokenized but right answer may need more tokens); token accuracy reads only the first ones."""
@@ -285,14 +292,13 @@ def generate_answers(
     """Greedy answers (KV cache on, batched), each decoded from at most ``lengths[i]`` tokens.
 
     Prompts asking for similar answer lengths are batched together (:func:`by_length`), so a
-    batch decodes about as many steps as its rows need; the result keeps the input order.
+    batch decodes about as many steps as its rows need; each answer is cut to its own budget
+    (never the batch's longest), and the result keeps the input order.
     """
     out: list = [None] * len(prompts)
     for idx in by_length(lengths, batch_size):
         texts = editor.generate(
-            [prompts[i] for i in idx],
-            max_new_tokens=max(lengths[i] for i in idx),
-            use_cache=use_cache,
+            [prompts[i] for i in idx], max_new_tokens=[lengths[i] for i in idx], use_cache=use_cache
         )
         for i, text in zip(idx, texts):
             out[i] = text

@@ -58,6 +58,7 @@ def header(cfg, editor, data_info: dict, model_name: str, checkpoints, scorers) 
         "chat": editor.config.chat,
         "scorers": labels,
         "scorer_notes": {label: metrics.NOTES[label] for label in labels},
+        "decoding_version": metrics.DECODING_VERSION,
         "seed": cfg.seed,
         "command": cfg.command(),
         "config": {**dataclasses.asdict(cfg), "checkpoints": checkpoints},

@@ -24,6 +24,7 @@ import shutil
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import ClassVar
@@ -259,18 +260,24 @@ class Editor(ABC):
         return out.logits
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens: int = 32, use_cache: bool = True):
+    def generate(self, prompts, max_new_tokens: int | Sequence[int] = 32, use_cache: bool = True):
         """Greedy answers of the edited model.
 
         Routing (codebook editors) is decided once from each prompt, then decoding runs.
 
         Args:
             prompts: one prompt or a list (batched with left padding).
-            max_new_tokens: length limit of each answer.
+            max_new_tokens: length limit of each answer, or one per prompt: the batch decodes
+                as many steps as its longest and each answer is cut to its own, so an answer
+                never depends on the prompts batched with it.
             use_cache: KV cache on (the default) or off; both give the same tokens.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
+        budgets = (list(max_new_tokens) if isinstance(max_new_tokens, Sequence)
+                   else [max_new_tokens] * len(prompts))
+        if len(budgets) != len(prompts):
+            raise ValueError(f"{len(budgets)} token budgets for {len(prompts)} prompts")
         ids = [encode_prompt(self.tokenizer, p, self.config.chat) for p in prompts]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
@@ -284,13 +291,13 @@ class Editor(ABC):
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(budgets),
                 do_sample=False,
                 use_cache=use_cache,
                 pad_token_id=pad,
             )
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+        new_ids = [row[width : width + k] for row, k in zip(out, budgets)]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
         return texts[0] if single else texts
 
     # ---- save / load ---------------------------------------------------------------------
