@@ -250,6 +250,17 @@ def test_unke_records_get_the_long_form_scorer(tmp_path):
     assert result["checkpoints"][-1]["teacher_forced"]["loc"] is None  # UnKE has no locality
 
 
+def test_records_with_probe_sets_get_the_probe_scorer(tmp_path):
+    data = Path(__file__).parent / "fixtures" / "data" / "wikibigedit_native.json"
+    c = cfg(tmp_path, dataset=str(data), n=2, checkpoints=[])
+    result = runner.run_bench(c, model_and_tokenizer=build("gpt2"))
+    assert result["scorers"] == ["teacher_forced", "generation", "probes"]
+    probes = result["checkpoints"][-1]["probes"]
+    assert "personas" in probes and 0.0 <= probes["personas"] <= 1.0
+    plain = runner.run_bench(cfg(tmp_path / "plain", checkpoints=[]), RECORDS, build("gpt2"))
+    assert "probes" not in plain["scorers"]
+
+
 def test_base_reference_is_cached_across_runs(tmp_path, monkeypatch):
     from horen.bench import reference
 

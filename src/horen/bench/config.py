@@ -162,7 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", default=None, help="HF model id or directory (default: embedded SmolLM2)")
     a("--protocol", default="sequential", choices=PROTOCOLS, help="scoring protocol")
     a("--out", default="results", metavar="DIR", help="results directory")
-    a("--scorers", default=None, help="comma list of tf, gen, unke (default: tf,gen; +unke on UnKE data)")
+    a("--scorers", default=None, help="comma list of tf, gen, probes, unke (default: tf,gen; +probes where records have "
+      "portability/persona/multi-hop probes; +unke on UnKE data)")
     a("--batch-size", type=int, default=16, help="sequences per scoring batch")
     a("--shuffle", action="store_true", help="shuffle the records (with --seed) before taking N")
     a("--seed", type=int, default=0, help="seed for shuffling and torch")

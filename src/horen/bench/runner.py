@@ -86,11 +86,13 @@ def select_records(cfg: BenchConfig, records: Sequence[EditRecord] | None = None
 
 
 def resolve_scorers(cfg: BenchConfig, records: Sequence[EditRecord]) -> list[str]:
-    """Short scorer names: as given, else tf + gen (+ unke where records have sub-questions)."""
+    """Short scorer names: as given, else tf + gen (+ probes where records carry extra probe
+    sets, + unke where they have sub-questions)."""
     if cfg.scorers:
         return list(dict.fromkeys(cfg.scorers))
     long_form = any("sub_question" in r.extra for r in records)
-    return ["tf", "gen"] + (["unke"] if long_form else [])
+    probes = bool(metrics.probe_sets(records))
+    return ["tf", "gen"] + (["probes"] if probes else []) + (["unke"] if long_form else [])
 
 
 def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
