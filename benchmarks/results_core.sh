@@ -74,7 +74,7 @@ if step counterfact; then  # dense checkpoints: a killed run resumes from the la
 fi
 if step wikibigedit; then
   for m in horen grace-norm; do bench --method $m --dataset wikibigedit --n 1000; done
-  bench --method grace --dataset wikibigedit --n 1000 --checkpoints 1,10,100,200,300,400,500,600,700,800,900,1000
+  bench --method grace --dataset wikibigedit --n 1000 --checkpoints 1,10,100,500,1000
 fi
 if step unke; then  # long answers: ~9 s/edit for HoReN, ~10 min to score 100
   for m in horen grace-norm grace; do bench --method $m --dataset unke --n 100; done
