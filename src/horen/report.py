@@ -143,9 +143,12 @@ OLD_DECODING_NOTE = (
 )
 
 
+DECODED = ("generation", "unke")  # the scorers whose numbers come from greedy answers
+
+
 def _old_decoding(r: dict) -> bool:
     """True for a run whose greedy answers were cut by the batch (see OLD_DECODING_NOTE)."""
-    decoded = {"generation", "unke"} & set(r.get("scorers") or [])
+    decoded = set(DECODED) & set(r.get("scorers") or [])
     return bool(decoded) and r.get("decoding_version", 1) < metrics.DECODING_VERSION
 
 
@@ -172,7 +175,7 @@ def _one_run_per_label(runs: list[dict]) -> list[dict]:
         label = _run_label(r)
         if label not in chosen or r["checkpoints"][-1]["n"] < chosen[label]["checkpoints"][-1]["n"]:
             chosen[label] = r
-    return [r for r in runs if any(r is c for c in chosen.values())]
+    return [r for r in runs if chosen[_run_label(r)] is r]
 
 
 def summary_table(results: list[dict]) -> list[str]:
@@ -253,7 +256,7 @@ def markdown_report(results: list[dict]) -> str:
             for c in r["checkpoints"]:
                 if scorer not in c:
                     continue
-                mark = OLD_DECODING if scorer != "teacher_forced" and _old_decoding(r) else ""
+                mark = OLD_DECODING if scorer in DECODED and _old_decoding(r) else ""
                 cells = [_run_label(r) + mark, r["dataset"], r["model"], r["protocol"], str(c["n"])]
                 cells += [_fmt(c[scorer].get(key)) for _, key in columns]
                 lines.append("| " + " | ".join(cells) + " |")
