@@ -135,6 +135,40 @@ def test_resume_equals_uninterrupted(tmp_path, protocol):
         runner.run_bench(cfg(tmp_path / "c", seed=3, resume=True), RECORDS, build("llama"))
 
 
+def test_resume_runs_again_a_file_scored_by_an_older_decoding(tmp_path):
+    full = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2]), RECORDS, build("llama"))
+    path = tmp_path / full["file"]
+    old = {**full, "decoding_version": 1, "started": "old"}
+    path.write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match="decoding_version 1"):
+        again = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2], resume=True), RECORDS, build("llama"))
+    assert again["decoding_version"] == 2 and again["started"] != "old"
+    assert scores(again) == scores(full)
+    # teacher-forced numbers do not depend on the decoding: such a file is kept
+    tf = runner.run_bench(cfg(tmp_path / "tf", scorers=["tf"]), RECORDS, build("llama"))
+    tf_path = tmp_path / "tf" / tf["file"]
+    tf_path.write_text(json.dumps({**tf, "decoding_version": 1}))
+    kept = runner.run_bench(cfg(tmp_path / "tf", scorers=["tf"], resume=True), RECORDS, build("llama"))
+    assert kept["decoding_version"] == 1
+
+
+def test_resume_restarts_a_killed_run_of_an_older_decoding(tmp_path):
+    def kill(entry, editor):
+        if entry["n"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_bench(cfg(tmp_path), RECORDS, build("llama"), on_checkpoint=kill)
+    state_file = next(tmp_path.glob("*.resume")) / "state.json"
+    state = json.loads(state_file.read_text())
+    state["result"]["decoding_version"] = 1
+    state_file.write_text(json.dumps(state))
+    with pytest.warns(UserWarning, match="from the start"):
+        again = runner.run_bench(cfg(tmp_path, resume=True), RECORDS, build("llama"))
+    assert "resumed_at" not in again and again["decoding_version"] == 2
+    assert [c["n"] for c in again["checkpoints"]] == [1, 2, 4, 5]
+
+
 def test_results_file_is_self_describing(tmp_path):
     result = runner.run_bench(cfg(tmp_path, checkpoints=[1]), RECORDS, build("qwen2"))
     files = list(

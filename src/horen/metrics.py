@@ -54,6 +54,15 @@ recorded): each answer was decoded from its batch's longest budget, so it depend
 prompts batched with it, and generated locality at a checkpoint was compared with a base
 reference decoded in other batches (the unedited model scored 0.66-0.99 there instead of 1).
 2: each answer is cut to its own budget (:meth:`horen.editors.base.Editor.generate`)."""
+DECODED = ("generation", "unke")
+"""The scorer labels whose numbers come from greedy answers (the ones DECODING_VERSION changes)."""
+
+
+def old_decoding(result: dict) -> bool:
+    """True for a results file whose greedy answers were cut by an older DECODING_VERSION."""
+    decoded = set(DECODED) & set(result.get("scorers") or [])
+    return bool(decoded) and result.get("decoding_version", 1) < DECODING_VERSION
+
 
 EM_SLACK = 4
 """Extra greedy tokens decoded beyond the target's length for exact match (a differently

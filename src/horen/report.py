@@ -139,17 +139,9 @@ OLD_DECODING_NOTE = (
     "2: each greedy answer was decoded from its batch's longest budget, so it depended on the "
     "prompts batched with it, and generated locality at a checkpoint below N was compared with "
     "a base reference decoded in other batches (the unedited model scored 0.66-0.99 there, "
-    "not 1). Teacher-forced numbers are unaffected. Delete the file and run its command again to refresh."
+    "not 1). Teacher-forced numbers are unaffected. Run its command again to refresh it "
+    "(`--resume` re-runs such a file instead of keeping it)."
 )
-
-
-DECODED = ("generation", "unke")  # the scorers whose numbers come from greedy answers
-
-
-def _old_decoding(r: dict) -> bool:
-    """True for a run whose greedy answers were cut by the batch (see OLD_DECODING_NOTE)."""
-    decoded = set(DECODED) & set(r.get("scorers") or [])
-    return bool(decoded) and r.get("decoding_version", 1) < metrics.DECODING_VERSION
 
 
 SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
@@ -161,7 +153,7 @@ def _summary_row(r: dict, point: dict) -> str:
     per_edit = r.get("time_per_edit")
     status = "" if r.get("complete", True) else " (incomplete)"
     cells = [_run_label(r) + status, r["dataset"], str(point.get("n", "–"))]
-    mark = OLD_DECODING if _old_decoding(r) and gen.get("op") is not None else ""
+    mark = OLD_DECODING if metrics.old_decoding(r) and gen.get("op") is not None else ""
     cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op")) + mark]
     cells.append("–" if per_edit is None else f"{per_edit:.2f}")
     return "| " + " | ".join(cells) + " |"
@@ -256,12 +248,12 @@ def markdown_report(results: list[dict]) -> str:
             for c in r["checkpoints"]:
                 if scorer not in c:
                     continue
-                mark = OLD_DECODING if scorer in DECODED and _old_decoding(r) else ""
+                mark = OLD_DECODING if scorer in metrics.DECODED and metrics.old_decoding(r) else ""
                 cells = [_run_label(r) + mark, r["dataset"], r["model"], r["protocol"], str(c["n"])]
                 cells += [_fmt(c[scorer].get(key)) for _, key in columns]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    if any(_old_decoding(r) for r in results):
+    if any(metrics.old_decoding(r) for r in results):
         lines += [OLD_DECODING_NOTE, ""]
     lines += ["### Runs", ""] if results else []
     for r in results:

@@ -9,7 +9,9 @@ own edit and checkpoint n reports the mean over records 1..n.
 
 At every checkpoint the results file is rewritten (``"complete": false`` until the end) and,
 beside it in ``<name>.resume/``, the editor (``editor.save``) and the loop's state are
-saved; ``resume=True`` loads them onto a fresh model and continues after that checkpoint.
+saved; ``resume=True`` loads them onto a fresh model and continues after that checkpoint,
+and keeps a finished file, unless its greedy answers were cut by an older
+``metrics.DECODING_VERSION``: that run starts again.
 """
 
 from __future__ import annotations
@@ -293,10 +295,12 @@ def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
     if not (side / "state.json").exists():
         if path.exists():
             done = json.loads(path.read_text())
-            if done.get("complete"):
+            if done.get("complete") and not _stale(done, path):
                 return {"complete": True, "result": done}
         return None
     state = json.loads((side / "state.json").read_text())
+    if _stale(state["result"], path):
+        return None
     saved = state.pop("config")
     fields = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
     diff = [k for k in _RESUME_KEYS if saved.get(k, fields[k]) != getattr(cfg, k)]
@@ -305,3 +309,15 @@ def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
     if diff:
         raise ValueError(f"cannot resume {side}: the settings differ ({', '.join(diff)})")
     return state
+
+
+def _stale(result: dict, path: Path) -> bool:
+    """True (with a warning) for a run scored with an older decoding: it is run again from the
+    start, since continuing or keeping it would mix two ways of cutting greedy answers."""
+    if not metrics.old_decoding(result):
+        return False
+    warnings.warn(
+        f"{path} was scored with decoding_version {result.get('decoding_version', 1)} "
+        f"(now {metrics.DECODING_VERSION}): running it again from the start"
+    )
+    return True
