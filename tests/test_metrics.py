@@ -61,8 +61,12 @@ class Oracle:
                     ] = 1
         return logits if columns is None else logits[:, columns]
 
-    def generate(self, prompts, max_new_tokens=32, use_cache=True):
-        return [self.answers.get(p, "") for p in prompts]
+    def generate(self, prompts, max_new_tokens=32, use_cache=True, return_ids=False):
+        self.asked = getattr(self, "asked", []) + list(prompts)
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        ids = [self.tokenizer(" " + self.answers.get(p, ""), add_special_tokens=False).input_ids[:k]
+               for p, k in zip(prompts, budgets)]
+        return ids if return_ids else [self.tokenizer.decode(i).strip() for i in ids]
 
     @contextmanager
     def disabled(self):
@@ -265,6 +269,27 @@ def test_unke_splits_on_an_oracle():
     assert row["sub_question_rouge1"] == pytest.approx(1.0)
     assert row["paraphrase_rougeL"] < 1.0
     assert not math.isnan(M.summarize([row], "unke")["original_bleu"])
+    # after the generation scorer, only the sub-question is decoded again: same scores
+    memo = M.AnswerMemo()
+    M.score_generation(ed, [rec], M.BaseReference([None], [None]), memo=memo)
+    ed.asked = []
+    assert M.score_unke(ed, [rec], memo=memo)[0] == row
+    assert ed.asked == ["Where is Osk?"]
+
+
+def test_answer_memo_cuts_longer_answers_and_decodes_only_new_ones(tiny):
+    model, tok = tiny
+    ed = HoReN(model, tok)
+    prompts = [r.prompt for r in RECORDS] + ["Who is Osk?"]
+    memo = M.AnswerMemo()
+    M.generate_ids(ed, prompts[:3], [6, 6, 6], memo=memo)
+    assert memo.get(prompts[0], 7) is None and len(memo.get(prompts[0], 2)) == 2
+    fresh = M.generate_ids(ed, prompts, [2, 6, 3, 4])
+    asked = []
+    real = ed.generate
+    ed.generate = lambda ps, **kw: asked.extend(ps) or real(ps, **kw)
+    assert M.generate_ids(ed, prompts, [2, 6, 3, 4], memo=memo) == fresh
+    assert asked == ["Who is Osk?"]
 
 
 def test_by_length_batches_every_index_once_longest_first():

@@ -98,13 +98,22 @@ def resolve_scorers(cfg: BenchConfig, records: Sequence[EditRecord]) -> list[str
 
 
 def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
-    """Per scorer label, one row of scores per record."""
+    """Per scorer label, one row of scores per record.
+
+    The greedy answers the generation scorer decodes are kept for the UnKE scorer, which asks
+    the same prompts for at most as many tokens (:class:`horen.metrics.AnswerMemo`).
+    """
     out = {}
+    memo = metrics.AnswerMemo()
     for short in scorers:
         label = metrics.SCORERS[short]
-        if short == "unke":
+        if short == "gen":
+            out[label] = metrics.score_generation(
+                editor, records, reference, cfg.batch_size, memo=memo
+            )
+        elif short == "unke":
             out[label] = metrics.score_unke(
-                editor, records, reference, cfg.batch_size, cfg.unke_max_tokens
+                editor, records, reference, cfg.batch_size, cfg.unke_max_tokens, memo=memo
             )
         else:
             out[label] = metrics.SCORE_FUNCTIONS[label](editor, records, reference, cfg.batch_size)

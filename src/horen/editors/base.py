@@ -260,7 +260,13 @@ class Editor(ABC):
         return out.logits
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens: int | Sequence[int] = 32, use_cache: bool = True):
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int | Sequence[int] = 32,
+        use_cache: bool = True,
+        return_ids: bool = False,
+    ):
         """Greedy answers of the edited model.
 
         Routing (codebook editors) is decided once from each prompt, then decoding runs.
@@ -271,6 +277,7 @@ class Editor(ABC):
                 as many steps as its longest and each answer is cut to its own, so an answer
                 never depends on the prompts batched with it.
             use_cache: KV cache on (the default) or off; both give the same tokens.
+            return_ids: return each answer's new token ids (cut to its budget) instead of text.
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
@@ -297,6 +304,9 @@ class Editor(ABC):
                 pad_token_id=pad,
             )
         new_ids = [row[width : width + k] for row, k in zip(out, budgets)]
+        if return_ids:
+            rows = [row.tolist() for row in new_ids]
+            return rows[0] if single else rows
         texts = [t.strip() for t in self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
         return texts[0] if single else texts
 

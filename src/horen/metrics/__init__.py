@@ -1,9 +1,9 @@
 """The scorers: how an edited model is graded on its edit records.
 
 Every scorer works on any :class:`~horen.editors.base.Editor` through its contract only
-(``logits``, ``generate``, ``disabled``, ``tokenizer``, ``model``, ``config.chat``) and
-returns one row of scores per record; :func:`summarize` averages rows into the numbers a
-results file holds. Four scorers, each named in every result and never mixed:
+(``logits``, ``generate(..., return_ids=True)``, ``disabled``, ``tokenizer``, ``model``,
+``config.chat``) and returns one row of scores per record; :func:`summarize` averages rows
+into the numbers a results file holds. Four scorers, each named in every result and never mixed:
 
 * ``"teacher_forced"`` (:func:`score_teacher_forced`, the paper's Metrics section): the text
   is ``prompt + " " + target`` (:func:`horen.text.make_batch`); the per-record score is the
@@ -50,6 +50,7 @@ from .compare import (
 )
 from .scorers import (
     EM_SLACK,
+    AnswerMemo,
     BaseReference,
     answer_ids,
     answer_match,
@@ -83,6 +84,7 @@ __all__ = [
     "SCORE_FUNCTIONS",
     "UNKE_METRICS",
     "UNKE_SPLITS",
+    "AnswerMemo",
     "BaseReference",
     "TokenEmbedder",
     "agreement",

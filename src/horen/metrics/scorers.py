@@ -189,27 +189,58 @@ def answer_ids(editor, prompt: str, answer: str) -> list[int]:
     return encode_pair(editor.tokenizer, prompt, answer, _chat(editor))[1]
 
 
+class AnswerMemo:
+    """Greedy answers already decoded at one checkpoint, so a later scorer does not decode
+    them again (valid only while the edited model does not change).
+
+    Each answer is cut to its own budget, so the answer to a prompt for k tokens is the first
+    k new tokens of its answer for any larger budget: the UnKE scorer reads the generation
+    scorer's answers (decoded for the reference's length + ``EM_SLACK``) cut to its own.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[str, tuple[int, list[int]]] = {}
+
+    def get(self, prompt: str, budget: int) -> list[int] | None:
+        """The new token ids of ``prompt``'s answer for ``budget`` tokens, if decoded."""
+        decoded, ids = self._answers.get(prompt, (0, []))
+        return ids[:budget] if decoded >= budget else None
+
+    def put(self, prompt: str, budget: int, ids: list[int]) -> None:
+        if self._answers.get(prompt, (0, []))[0] < budget:
+            self._answers[prompt] = (budget, ids)
+
+
 def generate_answers(
     editor,
     prompts: Sequence[str],
     lengths: Sequence[int],
     batch_size: int = 16,
     use_cache: bool = True,
+    memo: AnswerMemo | None = None,
 ) -> list[str]:
     """Greedy answers (KV cache on, batched), each decoded from at most ``lengths[i]`` tokens.
 
     Prompts asking for similar answer lengths are batched together (:func:`by_length`), so a
     batch decodes about as many steps as its rows need; each answer is cut to its own budget
-    (never the batch's longest), and the result keeps the input order.
+    (never the batch's longest), and the result keeps the input order. With a ``memo``,
+    answers it holds are read from it and new ones are added to it.
     """
-    out: list = [None] * len(prompts)
-    for idx in by_length(lengths, batch_size):
-        texts = editor.generate(
-            [prompts[i] for i in idx], max_new_tokens=[lengths[i] for i in idx], use_cache=use_cache
+    memo = memo if memo is not None else AnswerMemo()
+    ids: list = [memo.get(p, k) for p, k in zip(prompts, lengths)]
+    todo = [i for i, hit in enumerate(ids) if hit is None]
+    for batch in by_length([lengths[i] for i in todo], batch_size):
+        idx = [todo[j] for j in batch]
+        rows = editor.generate(
+            [prompts[i] for i in idx],
+            max_new_tokens=[lengths[i] for i in idx],
+            use_cache=use_cache,
+            return_ids=True,
         )
-        for i, text in zip(idx, texts):
-            out[i] = text
-    return out
+        for i, row in zip(idx, rows):
+            memo.put(prompts[i], lengths[i], row)
+            ids[i] = row
+    return [editor.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
 def generate_ids(
@@ -218,9 +249,10 @@ def generate_ids(
     lengths: Sequence[int],
     batch_size: int = 16,
     use_cache: bool = True,
+    memo: AnswerMemo | None = None,
 ) -> list[list[int]]:
     """Greedy answers as token ids (by the join rule), each cut to its ``lengths[i]``."""
-    texts = generate_answers(editor, prompts, lengths, batch_size, use_cache)
+    texts = generate_answers(editor, prompts, lengths, batch_size, use_cache, memo)
     return [answer_ids(editor, p, t)[:k] for p, t, k in zip(prompts, texts, lengths)]
 
 
@@ -241,11 +273,13 @@ def answer_match(answer: str, target: str, cut: str | None = None) -> float:
     return float(normalize_answer(answer).split()[: len(want)] == want)
 
 
-def _gen_scores(editor, prompts, targets, batch_size, use_cache=True) -> list[tuple[float, float]]:
+def _gen_scores(
+    editor, prompts, targets, batch_size, use_cache=True, memo=None
+) -> list[tuple[float, float]]:
     """``(exact match, token accuracy)`` of greedy answers to ``prompts`` against ``targets``."""
     refs = [answer_ids(editor, p, t) for p, t in zip(prompts, targets)]
     lengths = [len(r) + EM_SLACK for r in refs]
-    texts = generate_answers(editor, prompts, lengths, batch_size, use_cache)
+    texts = generate_answers(editor, prompts, lengths, batch_size, use_cache, memo)
     out = []
     for p, text, ref, target in zip(prompts, texts, refs, targets):
         ids = answer_ids(editor, p, text)
@@ -260,16 +294,19 @@ def score_generation(
     reference: BaseReference,
     batch_size: int = 16,
     use_cache: bool = True,
+    memo: AnswerMemo | None = None,
 ) -> list[dict]:
     """Per record ``{"rel_em", "rel_acc", "gen_em", "gen_acc", "loc"}`` from greedy decoding.
 
     ``use_cache=False`` decodes without the KV cache (the authors' loop; same tokens, slower).
+    The answers to the edit prompts and rephrases are kept in ``memo`` if one is given.
     """
     targets = [r.target for r in records]
-    rel = _gen_scores(editor, [r.prompt for r in records], targets, batch_size, use_cache)
+    prompts = [r.prompt for r in records]
+    rel = _gen_scores(editor, prompts, targets, batch_size, use_cache, memo)
     para = [(i, p) for i, r in enumerate(records) for p in r.rephrases]
     gen = _gen_scores(
-        editor, [p for _, p in para], [targets[i] for i, _ in para], batch_size, use_cache
+        editor, [p for _, p in para], [targets[i] for i, _ in para], batch_size, use_cache, memo
     )
     rows = [
         {"rel_em": em, "rel_acc": a, "gen_em": None, "gen_acc": None, "loc": None} for em, a in rel

@@ -12,7 +12,7 @@ import torch
 
 from ..data.record import EditRecord
 from .compare import group, mean
-from .scorers import BaseReference, answer_ids, generate_ids
+from .scorers import AnswerMemo, BaseReference, answer_ids, generate_ids
 
 UNKE_SPLITS = ("original", "paraphrase", "sub_question")
 UNKE_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore")
@@ -125,11 +125,13 @@ def score_unke(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     embedder: TokenEmbedder | None = None,
+    memo: AnswerMemo | None = None,
 ) -> list[dict]:
     """Per record ``{"<split>_<metric>": value}`` for the UnKE splits (None where absent).
 
     Answers are generated greedily up to the reference's token length (at most
-    ``max_new_tokens``) and decoded before scoring.
+    ``max_new_tokens``) and decoded before scoring; those the generation scorer already
+    decoded at this checkpoint are read from its ``memo``.
     """
     items = []  # (record index, split, prompt, reference answer)
     for i, r in enumerate(records):
@@ -142,7 +144,7 @@ def score_unke(
     lengths = [
         min(max(len(answer_ids(editor, p, a)), 1), max_new_tokens) for p, a in zip(prompts, answers)
     ]
-    gens = generate_ids(editor, prompts, lengths, batch_size)
+    gens = generate_ids(editor, prompts, lengths, batch_size, memo=memo)
     texts = [editor.tokenizer.decode(g, skip_special_tokens=True).strip() for g in gens]
     scores = text_scores(texts, answers, embedder)
     rows = [{f"{split}_{m}": None for split in UNKE_SPLITS for m in UNKE_METRICS} for _ in records]
