@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The committed results on the embedded model, one run after another (never two heavy runs at
 # once on 2 cores: torch threads stall each other). Every bench line passes --resume: a
-# finished results file is kept, a killed run continues from its last checkpoint.
+# finished results file is kept, a killed run continues from its last checkpoint, and a file
+# whose greedy answers were cut by an older decoding (marked ¹ in the report) is run again.
 # The base model's locality answers are cached in $HOREN_CACHE/reference, so the second and
 # third method on a dataset skip that step.
 # GRACE and GRACE+Norm on ZsRE N = 1000 were run with the teacher-forced scorer only.
