@@ -169,6 +169,15 @@ def test_resume_restarts_a_killed_run_of_an_older_decoding(tmp_path):
     assert [c["n"] for c in again["checkpoints"]] == [1, 2, 4, 5]
 
 
+def test_dirty_means_code_changed_not_results():
+    from horen.bench.results import changes_code
+
+    assert not changes_code("")
+    assert not changes_code(" M results/horen__zsre.json\n D results/old.json\n")
+    assert changes_code(" M results/a.json\n M src/horen/metrics/scorers.py\n")
+    assert changes_code("R  src/a.py -> src/b.py\n")
+
+
 def test_results_file_is_self_describing(tmp_path):
     result = runner.run_bench(cfg(tmp_path, checkpoints=[1]), RECORDS, build("qwen2"))
     files = list(

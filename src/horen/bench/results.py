@@ -45,8 +45,11 @@ def results_name(cfg, model_name: str, n: int) -> str:
     return "__".join(parts) + ".json"
 
 
-def header(cfg, editor, data_info: dict, model_name: str, checkpoints, scorers) -> dict:
-    """The self-describing head of a results file (``checkpoints`` is filled as it runs)."""
+def header(
+    cfg, editor, data_info: dict, model_name: str, checkpoints, scorers, git: dict | None = None
+) -> dict:
+    """The self-describing head of a results file (``checkpoints`` is filled as it runs);
+    ``git``: the checkout's state when the run started (default: now)."""
     labels = [metrics.SCORERS[s] for s in scorers]
     return {
         "format": FORMAT,
@@ -65,7 +68,7 @@ def header(cfg, editor, data_info: dict, model_name: str, checkpoints, scorers) 
         "dataset_info": data_info,
         "editor": editor_info(editor),
         "versions": versions(),
-        "git": git_state(),
+        "git": git or git_state(),
         "machine": machine(editor.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "complete": False,
@@ -94,8 +97,16 @@ def versions() -> dict:
     return out
 
 
+def changes_code(porcelain: str) -> bool:
+    """True if ``git status --porcelain`` lists a tracked change outside ``results/``
+    (results files written or moved aside by earlier runs do not change what runs)."""
+    paths = [line[3:].split(" -> ")[-1].strip('"') for line in porcelain.splitlines() if line]
+    return any(not p.startswith("results/") for p in paths)
+
+
 def git_state() -> dict:
-    """``{"commit", "dirty"}`` of the checkout holding this package (None outside git)."""
+    """``{"commit", "dirty"}`` of the checkout holding this package (None outside git);
+    ``dirty``: a tracked file outside ``results/`` differs from the commit."""
     where = Path(__file__).resolve().parent
 
     def git(*args):
@@ -105,7 +116,7 @@ def git_state() -> dict:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = changes_code(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}

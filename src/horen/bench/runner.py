@@ -153,6 +153,7 @@ def run_bench(
         >>> cfg = BenchConfig(method="horen", dataset="zsre", n=10, threads=2)
         >>> result = run_bench(cfg)  # doctest: +SKIP
     """
+    started_at = res.git_state()  # the code that runs: read before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -189,7 +190,9 @@ def run_bench(
             reference = metrics.base_reference(editor, records, scorers, cfg.batch_size)
         base_seconds = time.perf_counter() - start
         if state is None:
-            result = res.header(cfg, editor, data_info, model_name, checkpoints, scorers)
+            result = res.header(
+                cfg, editor, data_info, model_name, checkpoints, scorers, git=started_at
+            )
             result.update(file=path.name, base_reference_seconds=round(base_seconds, 3))
             state = {"done": 0, "edit_seconds": 0.0, "eval_seconds": 0.0, "rows": {}}
             state["result"] = result
