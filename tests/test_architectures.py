@@ -4,7 +4,8 @@ conftest.FAMILIES runs the whole suite on Llama, Qwen2 and GPT-2; this file chec
 rows of :data:`horen.models.ARCHITECTURES` (Mistral, Gemma, Phi-3, GPT-NeoX, GPT-J, ...) end
 to end: the table's paths exist with the orientation it states, the fast paths (layers from
 the edit site up, cached generation) equal the full model, HoReN learns an edit and rolls it
-back to the base model's exact logits, and ROME's closed form lands on that family's W.
+back to the base model's exact logits, ROME's closed form lands on that family's W, and
+UltraEdit's one-gradient edit writes that family's MLP input matrices and rolls back.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from horen.data import EditRecord
-from horen.editors import ROME, HoReN
+from horen.editors import ROME, HoReN, UltraEdit
 from horen.models import ARCHITECTURES, edit_site, get_module
 from horen.suffix import Suffix
 from horen.text import make_batch
@@ -144,3 +145,14 @@ def test_rome_writes_v_star_into_that_familys_weight(arch):
     assert torch.allclose(out, s["v_star"], atol=1e-5)
     ed.remove(eid)
     assert torch.equal(param.detach(), w0)
+
+
+def test_ultraedit_writes_that_familys_mlp_inputs_and_rolls_back(arch):
+    model, tok = build(arch)
+    ed = UltraEdit(model, tok, lr=1e-2)
+    params = {p: model.get_parameter(f"{p}.weight") for p in ed.config.modules}
+    before = {p: w.detach().clone() for p, w in params.items()}
+    eid = ed.apply(EditRecord(P1, T1))
+    assert all(not torch.equal(params[p].detach(), before[p]) for p in params)
+    ed.remove(eid)
+    assert all(torch.equal(params[p].detach(), before[p]) for p in params)  # exact

@@ -432,6 +432,43 @@ def test_ultraedit_writes_the_normalized_pseudo_values(family):
         assert torch.allclose(w_matrix_at(ed, p) - w0[p], direct, atol=1e-5)
 
 
+def test_ultraedit_gradient_needs_the_head_only_at_target_positions(family):
+    """capture() runs the LM head at the target positions only: same loss and gradients as
+    the cross-entropy over the full logits."""
+    import torch.nn.functional as F
+
+    from horen.editors.ultraedit import UltraEdit
+    from horen.text import make_batch
+
+    model, tok = build(family)
+    ed = UltraEdit(model, tok, lr=1e-2)
+    records = [R1, R2]
+    batch = make_batch(tok, model, [r.prompt for r in records], [r.target for r in records])
+    widths = []
+    head = model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _o: widths.append(args[0].shape[1]))
+    _, grads, loss = ed.capture(records)
+    head.remove()
+    assert widths == [int(batch.target_mask.any(0).sum())]  # not every position
+    outs, handles = {}, []
+    for path in ed.config.modules:
+        def hook(_m, _a, out, path=path):
+            outs[path] = out.detach().requires_grad_(True)
+            return outs[path]
+        handles.append(model.get_submodule(path).register_forward_hook(hook))
+    with torch.enable_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        rows, cols = batch.target_mask.nonzero(as_tuple=True)
+        full = F.cross_entropy(logits[rows, cols - 1].float(), batch.input_ids[rows, cols])
+        direct = torch.autograd.grad(full, [outs[p] for p in ed.config.modules])
+    for h in handles:
+        h.remove()
+    at = batch.attention_mask.bool() if ed.config.token == "mask" else batch.target_mask.bool()
+    assert loss == pytest.approx(full.item(), rel=1e-5)
+    for p, g in zip(ed.config.modules, direct):
+        assert torch.allclose(grads[p], g[at].float(), atol=1e-6)
+
+
 def w_matrix_at(ed, path) -> torch.Tensor:
     w = ed.model.get_parameter(f"{path}.weight").detach().double()
     return w.T if ed.site.conv1d else w
