@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -169,13 +170,20 @@ def test_resume_restarts_a_killed_run_of_an_older_decoding(tmp_path):
     assert [c["n"] for c in again["checkpoints"]] == [1, 2, 4, 5]
 
 
-def test_dirty_means_code_changed_not_results():
-    from horen.bench.results import changes_code
+def test_dirty_means_code_changed_not_results(monkeypatch):
+    assert not results.changes_code("")
+    assert not results.changes_code(" M results/horen__zsre.json\n D results/old.json\n")
+    assert results.changes_code(" M results/a.json\n M src/horen/metrics/scorers.py\n")
+    assert results.changes_code("R  src/a.py -> src/b.py\n")
+    status = {"rev-parse": "abc123\n", "status": " M results/a.json\n"}
 
-    assert not changes_code("")
-    assert not changes_code(" M results/horen__zsre.json\n D results/old.json\n")
-    assert changes_code(" M results/a.json\n M src/horen/metrics/scorers.py\n")
-    assert changes_code("R  src/a.py -> src/b.py\n")
+    def fake_git(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 0, stdout=status[cmd[1]])
+
+    monkeypatch.setattr(results.subprocess, "run", fake_git)
+    assert results.git_state() == {"commit": "abc123", "dirty": False}
+    status["status"] = " M results/a.json\n M README.md\n"
+    assert results.git_state()["dirty"]
 
 
 def test_results_file_is_self_describing(tmp_path):

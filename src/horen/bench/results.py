@@ -100,7 +100,7 @@ def versions() -> dict:
 def changes_code(porcelain: str) -> bool:
     """True if ``git status --porcelain`` lists a tracked change outside ``results/``
     (results files written or moved aside by earlier runs do not change what runs)."""
-    paths = [line[3:].split(" -> ")[-1].strip('"') for line in porcelain.splitlines() if line]
+    paths = [line[2:].strip().split(" -> ")[-1].strip('"') for line in porcelain.splitlines()]
     return any(not p.startswith("results/") for p in paths)
 
 
@@ -109,13 +109,13 @@ def git_state() -> dict:
     ``dirty``: a tracked file outside ``results/`` differs from the commit."""
     where = Path(__file__).resolve().parent
 
-    def git(*args):
+    def git(*args):  # stdout as is: a status line starts with a space (" M path")
         return subprocess.run(
             ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
+        ).stdout
 
     try:
-        commit = git("rev-parse", "HEAD")
+        commit = git("rev-parse", "HEAD").strip()
         dirty = changes_code(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
