@@ -88,6 +88,17 @@ class Batch:
         """The sub-batch of ``rows``."""
         return Batch(*(t[rows] for t in self.__dict__.values()))
 
+    def head_columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the LM head must run to predict the target tokens: ``(columns, at)``.
+
+        ``columns`` are the sorted positions just before some row's target token; ``at`` gives,
+        for each target token in ``target_mask.nonzero()`` order, the index in ``columns`` of
+        the position that predicts it.
+        """
+        before = self.target_mask.nonzero(as_tuple=True)[1] - 1
+        columns = torch.unique(before)
+        return columns, torch.searchsorted(columns, before)
+
 
 def check_length(tokenizer, model, n_tokens: int, what: str) -> None:
     """A clear error for a sequence longer than the model's context."""

@@ -182,12 +182,11 @@ class UltraEdit(WeightEditor):
         for path in self.config.modules:
             handles.append(get_module(self.model, path).register_forward_hook(hook_for(path)))
         rows, cols = batch.target_mask.nonzero(as_tuple=True)
-        columns = torch.unique(cols - 1)  # the head runs only where a target token is predicted
+        columns, at = batch.head_columns()  # the head runs only where a target is predicted
         try:
             with torch.enable_grad():
                 logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                     use_cache=False, logits_to_keep=columns).logits
-                at = torch.searchsorted(columns, cols - 1)
                 loss = F.cross_entropy(logits[rows, at].float(), batch.input_ids[rows, cols])
                 grads = torch.autograd.grad(loss, [leaves[p] for p in self.config.modules])
         finally:

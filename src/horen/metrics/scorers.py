@@ -109,14 +109,13 @@ def target_predictions(
     for idx in by_length([len(p) + len(t) for p, t in zip(prompts, targets)], batch_size):
         p, t = [prompts[i] for i in idx], [targets[i] for i in idx]
         batch = make_batch(editor.tokenizer, editor.model, p, t, chat)
-        # the head runs only where some row predicts a target token
-        columns = (batch.target_mask.any(0).nonzero().squeeze(1) - 1).clamp_min(0)
-        where = torch.full((batch.input_ids.shape[1],), -1, dtype=torch.long)
-        where[columns] = torch.arange(len(columns))
+        columns, at = batch.head_columns()  # the head runs only where a target is predicted
         pred = editor.logits(batch, columns).argmax(-1).cpu()
-        for row, i in enumerate(idx):
-            cols = batch.target_mask[row].nonzero().squeeze(1)
-            out[i] = (pred[row, where[cols - 1]], batch.input_ids[row, cols])
+        rows, cols = batch.target_mask.nonzero(as_tuple=True)
+        counts = batch.target_mask.sum(1).tolist()
+        preds, labels = pred[rows, at].split(counts), batch.input_ids[rows, cols].split(counts)
+        for i, predicted, target_ids in zip(idx, preds, labels):
+            out[i] = (predicted, target_ids)
     return out
 
 
@@ -302,8 +301,7 @@ def score_generation(
     The answers to the edit prompts and rephrases are kept in ``memo`` if one is given.
     """
     targets = [r.target for r in records]
-    prompts = [r.prompt for r in records]
-    rel = _gen_scores(editor, prompts, targets, batch_size, use_cache, memo)
+    rel = _gen_scores(editor, [r.prompt for r in records], targets, batch_size, use_cache, memo)
     para = [(i, p) for i, r in enumerate(records) for p in r.rephrases]
     gen = _gen_scores(
         editor, [p for _, p in para], [targets[i] for i, _ in para], batch_size, use_cache, memo
