@@ -62,10 +62,20 @@ if step weights1000; then  # not run yet on this CPU (2.5-4.5 h each for ROME, M
     done
   done
 fi
+if step memit_lambda; then  # how much of an edit lambda lets through; lambda on a held-out slice
+  ${PY:-.venv/bin/python} benchmarks/memit_key_gain.py --n 100 --threads 2 \
+    --out results/calibration/memit_key_gain
+  for lam in 500 1500 5000 15000; do
+    $H bench --threads 2 --no-progress --resume --method memit --dataset zsre --n 20 --offset 3581 \
+      --checkpoints 20 --scorers tf --set mom2_update_weight=$lam --out results/calibration/memit_lambda
+  done
+  $H report results/calibration/memit_lambda/*.json --out results/calibration/memit_lambda --no-plots
+fi
 if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one closed-form solve each
-  bench --method memit --dataset zsre --n 100 --checkpoints 100 --edit-batch 100
+  bench --method memit --dataset zsre --n 100 --checkpoints 100 --edit-batch 100 \
+    --set mom2_update_weight=LAMBDA
   bench --method memit --dataset zsre --n 1000 --checkpoints 100,200,300,400,500,600,700,800,900 \
-    --edit-batch 100
+    --edit-batch 100 --set mom2_update_weight=LAMBDA
 fi
 if step counterfact; then  # dense checkpoints: a killed run resumes from the last one
   bench --method horen --dataset counterfact --n 1000

@@ -14,7 +14,8 @@ from horen.data.record import EditRecord
 from horen.editors.alphaedit import AlphaEdit
 from horen.editors.base import Editor, get_method
 from horen.editors.ft import FTL, FTM
-from horen.editors.memit import MEMIT
+from horen.editors.locate import make_request
+from horen.editors.memit import MEMIT, key_gain
 from horen.editors.rome import ROME
 from horen.layer import StopForward
 from horen.stats import SecondMoment, Trace, layer_stats, packed_sequences, stats_path
@@ -137,8 +138,6 @@ def test_rome_maps_the_key_to_v_star(family, r_rome):
 
 
 def ed_request(record):
-    from horen.editors.locate import make_request
-
     return make_request(record, "test")
 
 
@@ -181,6 +180,24 @@ def test_memit_update_satisfies_normal_equations(family):
         lhs = dw @ (10.0 * ed.cov[site.layer] + k @ k.T)
         assert torch.allclose(lhs, r @ k.T, atol=1e-8 * max(1.0, (r @ k.T).abs().max().item()))
         assert torch.allclose(w_matrix(ed, site) - before[site.layer], dw, atol=1e-6)
+
+
+def test_memit_key_gain_of_one_edit_is_a_over_lambda_plus_a():
+    ed = MEMIT(*build("llama"), **FAST, **WINDOW)
+    eid = ed.apply(R1)
+    logged = next(e for e in ed.edits if e["id"] == eid)
+    for site in ed.sites:
+        s = ed.last_solve[site.layer]
+        k, x = s["K"], s["X"]
+        a = (k[:, 0] @ torch.linalg.solve(ed.cov[site.layer], k[:, 0])).item()
+        gain = key_gain(k, x)
+        assert gain.shape == (1,) and abs(gain.item() - a / (10.0 + a)) < 1e-9
+        assert abs(logged["key_gain"][str(site.layer)] - a / (10.0 + a)) < 1e-5
+    # one forward for several layers gives each layer's keys
+    req = [make_request(R2, "memit")]
+    both = ed.template_keys_at(req, [1, 2], grouped=True)
+    for layer in (1, 2):
+        assert torch.allclose(both[layer], ed.template_keys(req, layer, grouped=True))
 
 
 def test_memit_default_window_scales_with_depth():

@@ -230,15 +230,22 @@ class LocateEditor(WeightEditor):
         ``grouped`` (MEMIT's ``compute_ks``): ½·key("{}") + ½·mean over the prefixed ones;
         otherwise (ROME's ``compute_u``) one mean over all templates.
         """
-        path = edit_site(self.model, layer).path
+        return self.template_keys_at(requests, [layer], grouped)[layer]
+
+    def template_keys_at(self, requests: list[Request], layers, grouped: bool) -> dict[int, torch.Tensor]:
+        """:meth:`template_keys` at several layers from one forward pass (same weights)."""
+        paths = {layer: edit_site(self.model, layer).path for layer in layers}
         templates = self.context_templates()
-        keys = self.read_at_subject(requests, templates, [path])[0][path]
-        keys = keys.view(len(templates), len(requests), -1)
-        if grouped and len(templates) > 1:
-            mean = 0.5 * keys[0] + 0.5 * keys[1:].mean(0)
-        else:
-            mean = keys.mean(0)
-        return mean.T.to(torch.float64)
+        read = self.read_at_subject(requests, templates, list(paths.values()))[0]
+        out = {}
+        for layer, path in paths.items():
+            keys = read[path].view(len(templates), len(requests), -1)
+            if grouped and len(templates) > 1:
+                mean = 0.5 * keys[0] + 0.5 * keys[1:].mean(0)
+            else:
+                mean = keys.mean(0)
+            out[layer] = mean.T.to(torch.float64)
+        return out
 
     # ---- the target value -----------------------------------------------------------------
     def compute_value(self, request: Request, layer: int, at: str) -> tuple[torch.Tensor, dict]:

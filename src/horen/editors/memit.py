@@ -82,6 +82,15 @@ def memit_solve(cov: torch.Tensor, keys: torch.Tensor, lam: float) -> torch.Tens
     return torch.linalg.solve(lam * cov + keys @ keys.T, keys)
 
 
+def key_gain(keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``diag(Kᵀ X)``: how much of its own residual column each key gets back, ΔW k_j = R Xᵀ k_j.
+
+    For one edit (MEMIT's solve) it is ``a / (1 + a)`` with ``a = kᵀ(λC)⁻¹k``: near 1 when the
+    key stands out of C, near 0 when λ·C dominates and the edit is mostly not written.
+    """
+    return (keys.double() * x.double()).sum(0)
+
+
 @register
 class MEMIT(LocateEditor):
     """Mass-editing: a batch of facts spread over a window of W_out layers.
@@ -136,7 +145,7 @@ class MEMIT(LocateEditor):
         zs = torch.stack(zs, dim=1)  # (d_model, n)
         self.covariances(self.config.layers)
         self.last_solve = {}
-        norms = {}
+        norms, gains = {}, {}
         for i, site in enumerate(self.sites):
             keys = self.template_keys(requests, site.layer, grouped=True)
             resid = (zs - self.residual_targets(requests)) / (len(self.sites) - i)
@@ -144,10 +153,11 @@ class MEMIT(LocateEditor):
             self.add_delta(group, f"{site.path}.weight", {"R": resid, "X": x}, site.conv1d)
             self.last_solve[site.layer] = {"K": keys, "R": resid, "X": x}
             norms[str(site.layer)] = round((resid @ x.T).norm().item(), 5)
+            gains[str(site.layer)] = round(key_gain(keys, x).median().item(), 5)
         self.after_write(requests, group)
         return {"layers": list(self.config.layers), "group": group,
                 "params": [f"{s.path}.weight" for s in self.sites], "delta_w_norms": norms,
-                "z_info": infos}
+                "key_gain": gains, "z_info": infos}
 
     def after_write(self, requests: list[Request], group: int) -> None:
         """Hook run once the whole window is updated (AlphaEdit grows its key cache here)."""
