@@ -71,11 +71,16 @@ if step memit_lambda; then  # how much of an edit lambda lets through; lambda on
   done
   $H report results/calibration/memit_lambda/*.json --out results/calibration/memit_lambda --no-plots
 fi
-if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one closed-form solve each
+if step memit_tuned; then  # MEMIT sequential with the held-out slice's lambda (memit_lambda)
+  for d in zsre counterfact; do
+    bench --method memit --dataset $d --n 100 --checkpoints 1,10,100 --set mom2_update_weight=500
+  done
+fi
+if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one solve each; lambda as above
   bench --method memit --dataset zsre --n 100 --checkpoints 100 --edit-batch 100 \
-    --set mom2_update_weight=LAMBDA
+    --set mom2_update_weight=500
   bench --method memit --dataset zsre --n 1000 --checkpoints 100,200,300,400,500,600,700,800,900 \
-    --edit-batch 100 --set mom2_update_weight=LAMBDA
+    --edit-batch 100 --set mom2_update_weight=500
 fi
 if step counterfact; then  # dense checkpoints: a killed run resumes from the last one
   bench --method horen --dataset counterfact --n 1000
