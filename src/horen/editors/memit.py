@@ -85,8 +85,9 @@ def memit_solve(cov: torch.Tensor, keys: torch.Tensor, lam: float) -> torch.Tens
 def key_gain(keys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``diag(Kᵀ X)``: how much of its own residual column each key gets back, ΔW k_j = R Xᵀ k_j.
 
-    For one edit (MEMIT's solve) it is ``a / (1 + a)`` with ``a = kᵀ(λC)⁻¹k``: near 1 when the
-    key stands out of C, near 0 when λ·C dominates and the edit is mostly not written.
+    For one edit (MEMIT's solve) it is ``a / (λ + a)`` with ``a = kᵀC⁻¹k``: near 1 when the
+    key stands out of C, near 0 when λ·C dominates and the edit is mostly not written
+    (``benchmarks/memit_key_gain.py`` measures it on a model).
     """
     return (keys.double() * x.double()).sum(0)
 
