@@ -73,8 +73,10 @@ def main(argv=None) -> None:
         lines.append(f"| {r['layer']} | {r['d_in']} | {r['a_median']:.0f} | {r['a_min']:.0f} | "
                      f"{r['a_max']:.0f} | " + " | ".join(f"{v:.3f}" for v in r["written"].values()) + " |")
     lines.append("")
-    lines.append(f"Command: `python benchmarks/memit_key_gain.py --n {args.n} --dataset {args.dataset} "
-                 f"--threads {args.threads} --out {args.out}`")
+    model_arg = f" --model {args.model}" if args.model else ""
+    lams = " ".join(f"{lam:g}" for lam in args.lams)
+    lines.append(f"Command: `python benchmarks/memit_key_gain.py{model_arg} --n {args.n} --dataset "
+                 f"{args.dataset} --lams {lams} --threads {args.threads} --out {args.out}`")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

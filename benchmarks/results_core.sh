@@ -10,6 +10,7 @@ set -euo pipefail
 H=${HOREN:-.venv/bin/horen}
 bench() { $H bench --threads 2 --out results --no-progress --resume "$@"; }
 step() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+MEMIT_LAMBDA=500  # MEMIT's lambda, chosen by the memit_lambda step's held-out sweep
 
 if step unedited; then  # the base model's own scores: the reference row of each table
   bench --method unedited --dataset zsre --n 1000 --checkpoints 1,10,100,1000
@@ -73,14 +74,14 @@ if step memit_lambda; then  # how much of an edit lambda lets through; lambda on
 fi
 if step memit_tuned; then  # MEMIT sequential with the held-out slice's lambda (memit_lambda)
   for d in zsre counterfact; do
-    bench --method memit --dataset $d --n 100 --checkpoints 1,10,100 --set mom2_update_weight=500
+    bench --method memit --dataset $d --n 100 --checkpoints 1,10,100 --set mom2_update_weight=$MEMIT_LAMBDA
   done
 fi
 if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one solve each; lambda as above
   bench --method memit --dataset zsre --n 100 --checkpoints 100 --edit-batch 100 \
-    --set mom2_update_weight=500
+    --set mom2_update_weight=$MEMIT_LAMBDA
   bench --method memit --dataset zsre --n 1000 --checkpoints 100,200,300,400,500,600,700,800,900 \
-    --edit-batch 100 --set mom2_update_weight=500
+    --edit-batch 100 --set mom2_update_weight=$MEMIT_LAMBDA
 fi
 if step counterfact; then  # dense checkpoints: a killed run resumes from the last one
   bench --method horen --dataset counterfact --n 1000
