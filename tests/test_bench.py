@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -134,6 +135,33 @@ def test_resume_equals_uninterrupted(tmp_path, protocol):
         runner.run_bench(cfg(tmp_path / "c"), RECORDS, build("llama"), on_checkpoint=kill)
     with pytest.raises(ValueError, match="settings differ"):  # a resume must match its run
         runner.run_bench(cfg(tmp_path / "c", seed=3, resume=True), RECORDS, build("llama"))
+
+
+@pytest.mark.parametrize("protocol", ["sequential", "immediate"])
+def test_save_every_resumes_between_checkpoints(tmp_path, monkeypatch, protocol):
+    full = runner.run_bench(cfg(tmp_path / "a", protocol=protocol, checkpoints=[1, 4]), RECORDS,
+                            build("llama"))
+    real, saved = runner._save_resume, []
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(side, editor, state, path, c):
+        real(side, editor, state, path, c)
+        saved.append((state["done"], len(editor.edits)))
+        if state["done"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    run = cfg(tmp_path / "b", protocol=protocol, checkpoints=[1, 4], save_every=2)
+    with pytest.raises(Killed):
+        runner.run_bench(run, RECORDS, build("llama"))
+    assert saved == [(1, 1), (2, 2)]  # checkpoint 1, then the unscored save after edit 2
+    partial = json.loads((tmp_path / "b" / full["file"]).read_text())
+    assert [c["n"] for c in partial["checkpoints"]] == [1]
+    monkeypatch.setattr(runner, "_save_resume", real)
+    resumed = runner.run_bench(dataclasses.replace(run, resume=True), RECORDS, build("llama"))
+    assert resumed["resumed_at"] == [2] and scores(resumed) == scores(full)
 
 
 def test_resume_runs_again_a_file_scored_by_an_older_decoding(tmp_path):
@@ -273,6 +301,8 @@ def test_cli_flags_and_the_stored_command_round_trip():
             "--threads",
             "2",
             "--resume",
+            "--save-every",
+            "50",
             "--skip-bad",
             "--data-root",
             "/data",
@@ -283,9 +313,10 @@ def test_cli_flags_and_the_stored_command_round_trip():
     c = bench.config_from_args(args)
     assert c.overrides == {"lr": 0.5, "value_init": "cold"} and c.checkpoints == [1, 10]
     assert c.scorers == ["tf"] and c.shuffle and c.resume and c.skip_bad and c.threads == 2
-    assert c.offset == 5
+    assert c.offset == 5 and c.save_every == 50
     again = bench.config_from_args(parser.parse_args(shlex.split(c.command())[2:]))
-    assert again == bench.BenchConfig(**{**c.__dict__, "resume": False})
+    # how a run is resumed is not part of its results: the command leaves both out
+    assert again == bench.BenchConfig(**{**c.__dict__, "resume": False, "save_every": 0})
 
 
 def test_unke_records_get_the_long_form_scorer(tmp_path):

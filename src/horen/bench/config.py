@@ -83,6 +83,10 @@ class BenchConfig:
     cache_reference: bool = dataclasses.field(
         default=True, metadata={"help": "reuse the base model's locality answers across runs"}
     )
+    save_every: int = dataclasses.field(
+        default=0,
+        metadata={"help": "also save the resume state every K edits, unscored (0 = at checkpoints only)"},
+    )
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -98,6 +102,8 @@ class BenchConfig:
             raise ValueError("batch_size must be >= 1")
         if self.edit_batch < 1:
             raise ValueError("edit_batch must be >= 1")
+        if self.save_every < 0:
+            raise ValueError("save_every must be >= 0")
         if self.edit_batch > 1 and self.protocol != "sequential":
             raise ValueError("edit_batch > 1 needs the sequential protocol")
 
@@ -180,6 +186,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="write this many edits as one batch (MEMIT, AlphaEdit); default one at a time",
     )
+    a(
+        "--save-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also save the state --resume continues from every K edits, without scoring "
+        "(a long run with few checkpoints then loses at most K edits when killed)",
+    )
     a("--no-progress", action="store_true", help="no progress bar")
     a(
         "--no-reference-cache",
@@ -214,4 +228,5 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         edit_batch=args.edit_batch,
         progress=not args.no_progress,
         cache_reference=not args.no_reference_cache,
+        save_every=args.save_every,
     )

@@ -9,7 +9,9 @@ own edit and checkpoint n reports the mean over records 1..n.
 
 At every checkpoint the results file is rewritten (``"complete": false`` until the end) and,
 beside it in ``<name>.resume/``, the editor (``editor.save``) and the loop's state are
-saved; ``resume=True`` loads them onto a fresh model and continues after that checkpoint,
+saved (with ``save_every=K`` also every K edits, unscored, so that a long run with few
+checkpoints loses little when killed); ``resume=True`` loads them onto a fresh model and
+continues after the last save,
 and keeps a finished file, unless its greedy answers were cut by an older
 ``metrics.DECODING_VERSION``: that run starts again.
 """
@@ -235,11 +237,16 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
             # sequential: edits go in micro-batches up to the next checkpoint (same decisions
             # as one at a time, see CodebookEditor.apply_many); immediate: one at a time
             # --edit-batch: batches of that many (cut at checkpoints) go to apply_batch
+            # --save-every K: micro-batches end at multiples of K; a batch (--edit-batch) is
+            # never cut for it and saves once it has crossed one
             stop = t + 1
             if cfg.protocol == "sequential":
                 chunk = max(PROGRESS_CHUNK, getattr(editor, "micro_batch_size", 1))
                 chunk = cfg.edit_batch if cfg.edit_batch > 1 else chunk
-                stop = min([c for c in checkpoints if c > t] + [t + chunk, len(records)])
+                ends = [c for c in checkpoints if c > t] + [t + chunk, len(records)]
+                if cfg.save_every and cfg.edit_batch == 1:
+                    ends.append((t // cfg.save_every + 1) * cfg.save_every)
+                stop = min(ends)
             start = time.perf_counter()
             if cfg.edit_batch > 1:
                 editor.apply_batch(records[t:stop])
@@ -253,9 +260,13 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
                     editor, records[t : t + 1], reference[t : t + 1], scorers, cfg
                 ).items():
                     rows.setdefault(label, []).extend(new)
+            save = cfg.save_every > 0 and stop // cfg.save_every > t // cfg.save_every
             t = n = stop
             if n not in checkpoints:
                 state["eval_seconds"] += time.perf_counter() - start
+                if save:  # unscored: --resume continues from here
+                    state["done"] = n
+                    _save_resume(side, editor, state, path, cfg)
                 continue
             if cfg.protocol == "sequential":
                 scored = _score(editor, records[:n], reference[:n], scorers, cfg)
