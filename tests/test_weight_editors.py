@@ -194,7 +194,7 @@ def test_memit_key_gain_of_one_edit_is_a_over_lambda_plus_a():
         assert gain.shape == (1,) and abs(gain.item() - a / (10.0 + a)) < 1e-9
         assert abs(logged["key_gain"][str(site.layer)] - a / (10.0 + a)) < 1e-5
     # one forward for several layers gives each layer's keys
-    req = [make_request(R2, "memit")]
+    req = [ed_request(R2)]
     both = ed.template_keys_at(req, [1, 2], grouped=True)
     for layer in (1, 2):
         assert torch.allclose(both[layer], ed.template_keys(req, layer, grouped=True))
