@@ -69,7 +69,7 @@ fi
 if step memit_lambda; then  # how much of an edit lambda lets through; lambda on a held-out slice
   ${PY:-.venv/bin/python} benchmarks/memit_key_gain.py --n 100 --threads 2 \
     --out results/calibration/memit_key_gain
-  for lam in 500 1500 5000 15000; do
+  for lam in 50 150 500 1500 5000 15000; do
     $H bench --threads 2 --no-progress --resume --method memit --dataset zsre --n 20 --offset 3581 \
       --checkpoints 20 --scorers tf --set mom2_update_weight=$lam --out results/calibration/memit_lambda
   done

@@ -87,6 +87,25 @@ def test_summary_has_one_row_per_run_with_what_sets_it_apart():
     assert "| memit | zsre | 10 | 1.000 | 0.970 |" in common and "| rome | zsre | 10 |" in common
 
 
+def test_runs_are_ordered_by_the_numbers_in_their_settings(tmp_path):
+    for lam in (15000, 500, 5000, 1500):
+        r = fake_result("memit")
+        r["config"] = {"overrides": {"mom2_update_weight": lam}}
+        r["file"] = f"memit_{lam}.json"
+        (tmp_path / r["file"]).write_text(json.dumps(r))
+    for n in (1000, 200):
+        r = fake_result("grace")
+        r["n"], r["file"] = n, f"grace_{n}.json"
+        (tmp_path / r["file"]).write_text(json.dumps(r))
+    results = report.load_results([str(tmp_path / "*.json")])
+    assert [r.get("n") for r in results[:2]] == [200, 1000]
+    lams = [r["config"]["overrides"]["mom2_update_weight"] for r in results[2:]]
+    assert lams == [500, 1500, 5000, 15000]
+    summary = report.markdown_report(results[2:]).split("### Teacher-forced")[0]
+    rows = [line.split(" |")[0] for line in summary.splitlines() if line.startswith("| memit")]
+    assert rows == [f"| memit (mom2_update_weight={lam})" for lam in lams]
+
+
 def test_a_method_run_at_two_lengths_gets_one_row_at_their_shared_n():
     long_run = fake_result("grace", ops=(1.0, 0.5, 0.4))
     short_run = fake_result("grace", ops=(1.0, 0.6, 0.6))

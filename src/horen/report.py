@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -81,8 +82,15 @@ def load_results(paths) -> list[dict]:
             raise ValueError(f"{f} is neither a horen bench nor a bench-speed results file")
         data.setdefault("file", Path(f).name)
         results.append(data)
-    key = ("method", "dataset", "model", "protocol", "n")
-    return sorted(results, key=lambda r: tuple(str(r.get(k, "")) for k in key))
+    key = ("method", "dataset", "model", "protocol")
+    return sorted(results, key=lambda r: (*(str(r.get(k, "")) for k in key), r.get("n") or 0,
+                                          _natural(_run_label(r)) if _is_bench(r) else ()))
+
+
+def _natural(text: str) -> tuple:
+    """Sort key that orders the numbers inside ``text`` by value: lambda=500 before 1500."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
 
 
 def _is_bench(data: dict) -> bool:
@@ -174,7 +182,7 @@ def summary_table(results: list[dict]) -> list[str]:
     """One row per run at its last checkpoint: both scorers side by side, time per edit;
     then, per dataset whose runs stop at different N, every method at the largest N they share."""
     head = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
-    order = sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, _run_label(r)))
+    order = sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, _natural(_run_label(r))))
     lines = ["### At the last checkpoint", "", *head]
     lines += [_summary_row(r, r["checkpoints"][-1]) for r in order if r["checkpoints"]]
     lines.append("")
