@@ -65,7 +65,8 @@ PLOTTED = {
 
 
 def load_results(paths) -> list[dict]:
-    """Results dicts from files (globs expanded), sorted by method, dataset, model, protocol."""
+    """Results dicts from files (globs expanded), sorted by method, dataset, model, protocol,
+    N, then settings (numbers in them by value)."""
     files = []  # (path, named explicitly)
     for p in paths:
         if any(c in str(p) for c in "*?["):
