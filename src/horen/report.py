@@ -84,8 +84,12 @@ def load_results(paths) -> list[dict]:
         data.setdefault("file", Path(f).name)
         results.append(data)
     key = ("method", "dataset", "model", "protocol")
-    return sorted(results, key=lambda r: (*(str(r.get(k, "")) for k in key), r.get("n") or 0,
-                                          _natural(_run_label(r)) if _is_bench(r) else ()))
+    return sorted(results, key=lambda r: (*(str(r.get(k, "")) for k in key), *_n_then_label(r)))
+
+
+def _n_then_label(r: dict) -> tuple:
+    """Sort key within a method or dataset: N, then the run's label with its numbers by value."""
+    return r.get("n") or 0, _natural(_run_label(r)) if _is_bench(r) else ()
 
 
 def _natural(text: str) -> tuple:
@@ -183,7 +187,7 @@ def summary_table(results: list[dict]) -> list[str]:
     """One row per run at its last checkpoint: both scorers side by side, time per edit;
     then, per dataset whose runs stop at different N, every method at the largest N they share."""
     head = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
-    order = sorted(results, key=lambda r: (r["dataset"], r.get("n") or 0, _natural(_run_label(r))))
+    order = sorted(results, key=lambda r: (r["dataset"], *_n_then_label(r)))
     lines = ["### At the last checkpoint", "", *head]
     lines += [_summary_row(r, r["checkpoints"][-1]) for r in order if r["checkpoints"]]
     lines.append("")
