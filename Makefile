@@ -26,5 +26,8 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info

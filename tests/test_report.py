@@ -74,7 +74,7 @@ def test_table_has_every_run_checkpoint_and_command(results_dir):
 def test_summary_has_one_row_per_run_with_what_sets_it_apart():
     plain = fake_result("memit")
     batched = fake_result("memit", ops=(0.5, 0.4, 0.3), complete=False)
-    batched["config"] = {"edit_batch": 100, "overrides": {"lr": 3e-05}}
+    batched["config"] = {"edit_batch": 100, "overrides": {"lr": 3e-05, "rollback_window": 100}}
     text = report.markdown_report([plain, batched])
     summary = text.split("### Teacher-forced")[0]
     assert "| memit | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50 |" in summary

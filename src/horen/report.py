@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import metrics
 from .bench.results import slug
+from .editors.weights import ROLLBACK_SETTINGS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -137,12 +138,14 @@ def _fmt(value) -> str:
 
 
 def _run_label(r: dict) -> str:
-    """The method, with what sets the run apart: chat, edit batches, overrides."""
+    """The method, with what sets the run apart: chat, edit batches, overrides (not the
+    rollback settings: the same edits give the same weights whatever is kept to undo them)."""
     cfg = r.get("config") or {}
     extra = ["chat"] if r.get("chat") else []
     if (cfg.get("edit_batch") or 1) > 1:
         extra.append(f"batch {cfg['edit_batch']}")
-    extra += [f"{k}={v}" for k, v in sorted((cfg.get("overrides") or {}).items())]
+    extra += [f"{k}={v}" for k, v in sorted((cfg.get("overrides") or {}).items())
+              if k not in ROLLBACK_SETTINGS]
     return r["method"] + (f" ({', '.join(extra)})" if extra else "")
 
 

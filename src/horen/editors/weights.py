@@ -41,6 +41,9 @@ import torch
 
 from .base import Editor, EditorConfig
 
+# settings that change what is kept for rollback, never the edited weights (report labels skip them)
+ROLLBACK_SETTINGS = ("strict_rollback", "rollback_window")
+
 
 @dataclasses.dataclass
 class WeightConfig(EditorConfig):
