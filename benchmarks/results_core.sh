@@ -102,4 +102,7 @@ fi
 if step zsre; then
   for m in horen grace grace-norm; do bench --method $m --dataset zsre; done
 fi
-$H report results/*__sequential*.json results/speed__*.json results/speed_eval__*.json --out results/report --readme README.md
+# the tables and plots, README's results section included (REPORT=0 skips it: a queue of
+# steps regenerates once at the end, and no run starts with an edited README)
+[ "${REPORT:-1}" = 0 ] || \
+  $H report results/*__sequential*.json results/speed__*.json results/speed_eval__*.json --out results/report --readme README.md
