@@ -8,7 +8,9 @@
 # GRACE and GRACE+Norm on ZsRE N = 1000 were run with the teacher-forced scorer only.
 set -euo pipefail
 H=${HOREN:-.venv/bin/horen}
-bench() { $H bench --threads 2 --out results --no-progress --resume "$@"; }
+# the resume state lives outside the checkout: a run killed with it goes on from a fresh clone
+STATE=${HOREN_CACHE:-$HOME/.cache/horen}/resume
+bench() { $H bench --threads 2 --out results --no-progress --resume --state-dir "$STATE" "$@"; }
 step() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 MEMIT_LAMBDA=500  # MEMIT's lambda, chosen by the memit_lambda step's held-out sweep
 

@@ -164,6 +164,34 @@ def test_save_every_resumes_between_checkpoints(tmp_path, monkeypatch, protocol)
     assert resumed["resumed_at"] == [2] and scores(resumed) == scores(full)
 
 
+def test_state_dir_keeps_the_resume_state_outside_the_results_folder(tmp_path, monkeypatch):
+    full = runner.run_bench(cfg(tmp_path / "a", checkpoints=[1, 4]), RECORDS, build("llama"))
+    real = runner._save_resume
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(side, editor, state, path, c):
+        real(side, editor, state, path, c)
+        if state["done"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    state_dir = tmp_path / "cache" / "resume"
+    run = cfg(tmp_path / "b", checkpoints=[1, 4], save_every=2, state_dir=str(state_dir))
+    with pytest.raises(Killed):
+        runner.run_bench(run, RECORDS, build("llama"))
+    side = state_dir / full["file"].replace(".json", ".resume")
+    assert (side / "state.json").exists() and not list((tmp_path / "b").glob("*.resume"))
+    # a fresh checkout: the results folder is gone, the state dir is not
+    for f in (tmp_path / "b").iterdir():
+        f.unlink()
+    monkeypatch.setattr(runner, "_save_resume", real)
+    resumed = runner.run_bench(dataclasses.replace(run, resume=True), RECORDS, build("llama"))
+    assert resumed["resumed_at"] == [2] and scores(resumed) == scores(full)
+    assert not side.exists() and (tmp_path / "b" / full["file"]).exists()
+
+
 def test_resume_runs_again_a_file_scored_by_an_older_decoding(tmp_path):
     full = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2]), RECORDS, build("llama"))
     path = tmp_path / full["file"]
@@ -303,6 +331,8 @@ def test_cli_flags_and_the_stored_command_round_trip():
             "--resume",
             "--save-every",
             "50",
+            "--state-dir",
+            "/tmp/state",
             "--skip-bad",
             "--data-root",
             "/data",
@@ -313,10 +343,11 @@ def test_cli_flags_and_the_stored_command_round_trip():
     c = bench.config_from_args(args)
     assert c.overrides == {"lr": 0.5, "value_init": "cold"} and c.checkpoints == [1, 10]
     assert c.scorers == ["tf"] and c.shuffle and c.resume and c.skip_bad and c.threads == 2
-    assert c.offset == 5 and c.save_every == 50
+    assert c.offset == 5 and c.save_every == 50 and c.state_dir == "/tmp/state"
     again = bench.config_from_args(parser.parse_args(shlex.split(c.command())[2:]))
-    # how a run is resumed is not part of its results: the command leaves both out
-    assert again == bench.BenchConfig(**{**c.__dict__, "resume": False, "save_every": 0})
+    # how a run is resumed is not part of its results: the command leaves all three out
+    assert again == bench.BenchConfig(
+        **{**c.__dict__, "resume": False, "save_every": 0, "state_dir": None})
 
 
 def test_unke_records_get_the_long_form_scorer(tmp_path):

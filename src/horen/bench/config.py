@@ -87,6 +87,10 @@ class BenchConfig:
         default=0,
         metadata={"help": "also save the resume state every K edits, unscored (0 = at checkpoints only)"},
     )
+    state_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "folder for the resume state (None = beside the results file)"},
+    )
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -194,6 +198,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also save the state --resume continues from every K edits, without scoring "
         "(a long run with few checkpoints then loses at most K edits when killed)",
     )
+    a(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the resume state (<results name>.resume/) in DIR instead of beside the "
+        "results file, e.g. under $HOREN_CACHE, where a fresh checkout on the same machine finds it",
+    )
     a("--no-progress", action="store_true", help="no progress bar")
     a(
         "--no-reference-cache",
@@ -229,4 +240,5 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         progress=not args.no_progress,
         cache_reference=not args.no_reference_cache,
         save_every=args.save_every,
+        state_dir=args.state_dir,
     )

@@ -8,8 +8,8 @@ records 1..n at each checkpoint n; under ``immediate`` each record is scored rig
 own edit and checkpoint n reports the mean over records 1..n.
 
 At every checkpoint the results file is rewritten (``"complete": false`` until the end) and,
-beside it in ``<name>.resume/``, the editor (``editor.save``) and the loop's state are
-saved (with ``save_every=K`` also every K edits, unscored, so that a long run with few
+beside it in ``<name>.resume/`` (or in ``state_dir``), the editor (``editor.save``) and the
+loop's state are saved (with ``save_every=K`` also every K edits, unscored, so that a long run with few
 checkpoints loses little when killed); ``resume=True`` loads them onto a fresh model and
 continues after the last save,
 and keeps a finished file, unless its greedy answers were cut by an older
@@ -172,7 +172,7 @@ def run_bench(
         cfg.model or getattr(model, "horen_name", None) or model.config._name_or_path or "custom"
     )
     path = Path(cfg.out) / res.results_name(cfg, model_name, n)
-    side = path.with_suffix(".resume")
+    side = resume_dir(cfg, path)
 
     state = _load_resume(side, cfg, path) if cfg.resume else None
     if state is not None and state.get("complete"):
@@ -304,6 +304,13 @@ def _postfix(entry: dict) -> dict:
         if value is not None:
             out[name] = round(value, 3)
     return out
+
+
+def resume_dir(cfg: BenchConfig, path: Path) -> Path:
+    """Where the run's resume state lives: ``<results name>.resume/`` beside the results file,
+    or in ``cfg.state_dir`` (a folder outside the checkout survives a fresh clone)."""
+    side = path.with_suffix(".resume")
+    return Path(cfg.state_dir).expanduser() / side.name if cfg.state_dir else side
 
 
 def _save_resume(side: Path, editor, state: dict, path: Path, cfg: BenchConfig) -> None:
