@@ -269,7 +269,7 @@ def test_results_file_is_self_describing(tmp_path):
         assert key in data, key
     assert {"torch", "transformers", "horen"} <= set(data["versions"])
     assert {"commit", "dirty"} <= set(data["git"])
-    assert {"platform", "cpu_count", "torch_threads"} <= set(data["machine"])
+    assert {"platform", "cpu", "cpu_capability", "cpu_count", "torch_threads"} <= set(data["machine"])
     entry = data["checkpoints"][-1]
     assert set(entry["teacher_forced"]) >= {"rel", "gen", "loc", "op"}
     assert set(entry["generation"]) >= {"rel_em", "rel_acc", "gen_em", "gen_acc", "loc", "op"}

@@ -122,12 +122,32 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+def cpu_model() -> str | None:
+    """The CPU as ``/proc/cpuinfo`` names it: vendor, family, model, stepping and model name
+    (a virtual machine's model name alone, "AMD EPYC", does not tell two generations apart;
+    runs on different CPUs may differ in float rounding). None off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    parts = [fields.get("vendor_id")] + [
+        f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    ident, name = " ".join(p for p in parts if p), fields.get("model name")
+    return f"{ident} ({name})" if name else (ident or None)
+
+
 def machine(device) -> dict:
-    """Platform, CPU count, torch threads and the device the model ran on."""
+    """Platform, CPU, CPU count, torch threads and the device the model ran on."""
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
