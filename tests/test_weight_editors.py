@@ -227,6 +227,9 @@ def test_alphaedit_update_is_in_the_null_space(family):
         assert torch.allclose(w_matrix(ed, site) @ k0, before[site.layer] @ k0, atol=1e-5)
         k = ed.cache_keys[1][site.layer]
         assert torch.allclose(ed.cache_c(site.layer), k @ k.T + ed.cache_keys[2][site.layer] @ ed.cache_keys[2][site.layer].T)
+        # the cached keys are those of the edited model, read layer by layer
+        again = ed.template_keys([make_request(R2, "alphaedit")], site.layer, grouped=True)
+        assert torch.equal(ed.cache_keys[2][site.layer], again)
 
 
 # ---- subject checks -----------------------------------------------------------------------

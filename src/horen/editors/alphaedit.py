@@ -131,12 +131,11 @@ class AlphaEdit(MEMIT):
         return info
 
     def after_write(self, requests: list[Request], group: int) -> None:
-        """Keys recomputed with the edited model join the cache (AlphaEdit's ``cache_c``)."""
-        self.cache_keys[group] = {}
-        for layer in self.config.layers:
-            k = self.template_keys(requests, layer, grouped=True)
+        """Keys recomputed with the edited model join the cache (AlphaEdit's ``cache_c``);
+        the window's weights are final here, so one forward pass reads every layer's keys."""
+        self.cache_keys[group] = self.template_keys_at(requests, self.config.layers, grouped=True)
+        for layer, k in self.cache_keys[group].items():
             self.cache_c(layer).add_(k @ k.T)
-            self.cache_keys[group][layer] = k
 
     # ---- rollback and state --------------------------------------------------------------
     def _remove(self, edit: dict) -> None:
