@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .. import metrics
 from ..data.record import EditRecord
 from ..editors import Editor, get_method
+from ..malloc import release_large_blocks
 from . import results as res
 from .config import BenchConfig, resolve_checkpoints
 from .reference import cached_base_reference
@@ -158,6 +159,7 @@ def run_bench(
     started_at = res.git_state()  # the code that runs: read before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    release_large_blocks()  # a long stream's big temporaries go back to the OS when freed
     torch.manual_seed(cfg.seed)
     records, data_info = select_records(cfg, records)
     n = len(records)
@@ -200,6 +202,7 @@ def run_bench(
             state["result"] = result
         else:
             state["result"].setdefault("resumed_at", []).append(state["done"])
+            state["result"].setdefault("resumed_git", []).append(started_at)  # the code from there on
         _loop(
             cfg, editor, records, reference, scorers, checkpoints, state, path, side, on_checkpoint
         )

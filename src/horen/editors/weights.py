@@ -39,6 +39,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..malloc import release_large_blocks
 from .base import Editor, EditorConfig
 
 # settings that change what is kept for rollback, never the edited weights (report labels skip them)
@@ -76,6 +77,7 @@ class WeightEditor(Editor):
 
     def __init__(self, model, tokenizer, config=None, **overrides):
         super().__init__(model, tokenizer, config, **overrides)
+        release_large_blocks()  # per-edit d_ff² temporaries must not pile up in the heap
         self.w0: dict[str, torch.Tensor] = {}  # parameter name -> original values
         self.conv1d: dict[str, bool] = {}  # parameter name -> stored transposed (GPT-2)
         self.deltas: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # group -> name -> factors
