@@ -68,6 +68,14 @@ def test_table_has_every_run_checkpoint_and_command(results_dir):
         in text
     )
     assert "`horen bench --method horen --dataset zsre --n 100`" in text
+
+
+def test_runs_list_names_where_a_run_was_resumed_and_with_what_code():
+    r = fake_result("alphaedit", complete=False)
+    r.update(resumed_at=[10, 50], resumed_git=[{"commit": "1234567890ab", "dirty": False}, {}])
+    text = report.markdown_report([r])
+    assert ("(incomplete), 0.500 s/edit, commit abcdef0123+dirty, resumed after edit 10 on commit "
+            "1234567890, resumed after edit 50:") in text
     assert "abcdef0123+dirty" in text
 
 

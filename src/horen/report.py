@@ -277,11 +277,22 @@ def markdown_report(results: list[dict]) -> str:
         per_edit = r.get("time_per_edit")
         timing = f", {per_edit:.3f} s/edit" if per_edit is not None else ""
         git = r.get("git") or {}
-        commit = (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
-        lines.append(f"- `{r['file']}`{status}{timing}, commit {commit}: `{r.get('command', '?')}`")
+        lines.append(f"- `{r['file']}`{status}{timing}, commit {_commit(git)}{_resumes(r)}: "
+                     f"`{r.get('command', '?')}`")
     if speeds:
         lines += [""] + speed_report(speeds)
     return "\n".join(lines) + "\n"
+
+
+def _commit(git: dict) -> str:
+    return (git.get("commit") or "?")[:10] + ("+dirty" if git.get("dirty") else "")
+
+
+def _resumes(r: dict) -> str:
+    """``", resumed after edit 450 on commit 1888001232"``: the code that ran from there on."""
+    gits = r.get("resumed_git") or [{} for _ in r.get("resumed_at", [])]
+    return "".join(f", resumed after edit {at}" + (f" on commit {_commit(g)}" if g else "")
+                   for at, g in zip(r.get("resumed_at", []), gits))
 
 
 def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
