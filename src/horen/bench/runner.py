@@ -11,8 +11,8 @@ At every checkpoint the results file is rewritten (``"complete": false`` until t
 beside it in ``<name>.resume/`` (or in ``state_dir``), the editor (``editor.save``) and the
 loop's state are saved (with ``save_every=K`` also every K edits, unscored, so that a long
 run with few checkpoints loses little when killed); ``resume=True`` loads them onto a fresh
-model and continues after the last save, and keeps a finished file, unless its greedy answers were cut by an older
-``metrics.DECODING_VERSION``: that run starts again.
+model and continues after the last save, and keeps a finished file, unless its greedy
+answers were cut by an older ``metrics.DECODING_VERSION``: that run starts again.
 """
 
 from __future__ import annotations
