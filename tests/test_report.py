@@ -76,6 +76,9 @@ def test_runs_list_names_where_a_run_was_resumed_and_with_what_code():
     text = report.markdown_report([r])
     assert ("(incomplete), 0.500 s/edit, commit abcdef0123+dirty, resumed after edit 10 on commit "
             "1234567890, resumed after edit 50:") in text
+    r.update(resumed_at=[10, 50], resumed_git=[{"commit": "1234567890ab", "dirty": False}])
+    assert ("resumed after edit 10, resumed after edit 50 on commit 1234567890:"
+            in report.markdown_report([r]))  # the first resume predates resumed_git
     assert "abcdef0123+dirty" in text
 
 

@@ -9,8 +9,8 @@ blocks between them keep the freed space from being trimmed or reused: the proce
 55-70 MB an edit and reached 23 GB after 450 AlphaEdit edits, with the live tensors holding
 under 1 GB. A fixed threshold keeps blocks of 4 MB and more in mmap, released on free: the
 same stream then stays flat (``tests/test_malloc.py`` checks where a big temporary comes from).
-The weight editors and ``horen bench`` set it; it changes where memory comes from, never
-what is computed.
+The weight editors (whose edits allocate such temporaries) set it when they are built; it
+changes where memory comes from, never what is computed.
 """
 
 from __future__ import annotations

@@ -290,9 +290,11 @@ def _commit(git: dict) -> str:
 
 def _resumes(r: dict) -> str:
     """``", resumed after edit 450 on commit 1888001232"``: the code that ran from there on."""
-    gits = r.get("resumed_git") or [{} for _ in r.get("resumed_at", [])]
+    ats = r.get("resumed_at", [])
+    gits = r.get("resumed_git", [])
+    gits = [{}] * (len(ats) - len(gits)) + gits  # resumes made before commits were recorded
     return "".join(f", resumed after edit {at}" + (f" on commit {_commit(g)}" if g else "")
-                   for at, g in zip(r.get("resumed_at", []), gits))
+                   for at, g in zip(ats, gits))
 
 
 def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:

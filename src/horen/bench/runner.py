@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from .. import metrics
 from ..data.record import EditRecord
 from ..editors import Editor, get_method
-from ..malloc import release_large_blocks
 from . import results as res
 from .config import BenchConfig, resolve_checkpoints
 from .reference import cached_base_reference
@@ -158,7 +157,6 @@ def run_bench(
     started_at = res.git_state()  # the code that runs: read before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    release_large_blocks()  # a long stream's big temporaries go back to the OS when freed
     torch.manual_seed(cfg.seed)
     records, data_info = select_records(cfg, records)
     n = len(records)
