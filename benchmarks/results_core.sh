@@ -57,10 +57,12 @@ fi
 if step weights1000; then  # 2.5-4.5 h each for ROME, MEMIT, AlphaEdit on this CPU
   # saved every 50 edits (unscored): a run killed at the end of a session goes on from there
   points="--checkpoints 1,10,100,200,500 --save-every 50"
-  for d in zsre counterfact; do
+  for d in zsre counterfact; do  # the FT runs first: under an hour each
     for m in ft-l ft-m; do  # dense deltas, 3.5 MB an edit: keep the last 100 for rollback
       bench --method $m --dataset $d --n 1000 $points --set rollback_window=100
     done
+  done
+  for d in zsre counterfact; do
     for m in alphaedit rome; do
       bench --method $m --dataset $d --n 1000 $points
     done
