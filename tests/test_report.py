@@ -68,6 +68,7 @@ def test_table_has_every_run_checkpoint_and_command(results_dir):
         in text
     )
     assert "`horen bench --method horen --dataset zsre --n 100`" in text
+    assert "abcdef0123+dirty" in text
 
 
 def test_runs_list_names_where_a_run_was_resumed_and_with_what_code():
@@ -79,7 +80,6 @@ def test_runs_list_names_where_a_run_was_resumed_and_with_what_code():
     r.update(resumed_at=[10, 50], resumed_git=[{"commit": "1234567890ab", "dirty": False}])
     assert ("resumed after edit 10, resumed after edit 50 on commit 1234567890:"
             in report.markdown_report([r]))  # the first resume predates resumed_git
-    assert "abcdef0123+dirty" in text
 
 
 def test_summary_has_one_row_per_run_with_what_sets_it_apart():
