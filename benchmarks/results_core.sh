@@ -54,7 +54,7 @@ if step weights_cf100; then  # the weight-rewriting editors, CounterFact N = 100
     bench --method $m --dataset counterfact --n 100 --checkpoints 1,10,100
   done
 fi
-if step weights1000; then  # 2.5-4.5 h each for ROME, MEMIT, AlphaEdit on this CPU
+if step weights1000; then  # 2.5-6 h each for ROME, MEMIT, AlphaEdit on these CPUs
   # saved every 50 edits (unscored): a run killed at the end of a session goes on from there
   points="--checkpoints 1,10,100,200,500 --save-every 50"
   for d in zsre counterfact; do  # the FT runs first: under an hour each
