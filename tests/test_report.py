@@ -129,6 +129,17 @@ def test_a_method_run_at_two_lengths_gets_one_row_at_their_shared_n():
     assert "| grace | zsre | 10 | 1.000 | 0.600 | 1.000 | 0.600 | 0.700 | 0.25 |" in common
 
 
+def test_checkpoint_tables_tell_apart_one_method_run_at_two_lengths():
+    short_run = fake_result("rome", ops=(1.0, 0.9, 0.7))
+    long_run = fake_result("rome", ops=(1.0, 0.9, 0.8), complete=False)
+    long_run["n"] = 1000
+    text = report.markdown_report([short_run, long_run, fake_result("horen")])
+    tf = text.split("### Teacher-forced")[1].split("### Generation")[0]
+    assert "| rome (N = 100) | zsre | tiny | sequential | 100 | 1.000 | 0.700 |" in tf
+    assert "| rome (N = 1000) (incomplete) | zsre | tiny | sequential | 100 | 1.000 | 0.800 |" in tf
+    assert "| horen | zsre | tiny | sequential | 100 |" in tf  # one run: its label alone
+
+
 def test_runs_decoded_the_old_way_are_marked_in_generation_numbers_only():
     old = fake_result("grace")
     del old["decoding_version"]  # results files from before it was recorded

@@ -164,11 +164,31 @@ SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
                 "Gen-scored OP", "s/edit (whole run)"]
 
 
+def _status(r: dict) -> str:
+    return "" if r.get("complete", True) else " (incomplete)"
+
+
+def _run_size(r: dict) -> int:
+    """N of the run (its last checkpoint's n in files that do not record it)."""
+    return r.get("n") or r["checkpoints"][-1]["n"]
+
+
+def _checkpoint_labels(runs: list[dict]) -> dict[int, str]:
+    """Labels for the per-checkpoint tables, keyed by ``id(run)``: a method run at N = 100 and
+    again at N = 1000 on the same data also names its N, else their n = 100 rows look alike."""
+    def key(r):
+        return _run_label(r), r["dataset"], r.get("model"), r.get("protocol")
+    counts: dict = {}
+    for r in runs:
+        counts[key(r)] = counts.get(key(r), 0) + 1
+    return {id(r): _run_label(r) + (f" (N = {_run_size(r)})" if counts[key(r)] > 1 else "")
+            + _status(r) for r in runs}
+
+
 def _summary_row(r: dict, point: dict) -> str:
     tf, gen = point.get("teacher_forced", {}), point.get("generation", {})
     per_edit = r.get("time_per_edit")
-    status = "" if r.get("complete", True) else " (incomplete)"
-    cells = [_run_label(r) + status, r["dataset"], str(point.get("n", "–"))]
+    cells = [_run_label(r) + _status(r), r["dataset"], str(point.get("n", "–"))]
     mark = OLD_DECODING if metrics.old_decoding(r) and gen.get("op") is not None else ""
     cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op")) + mark]
     cells.append("–" if per_edit is None else f"{per_edit:.2f}")
@@ -260,12 +280,13 @@ def markdown_report(results: list[dict]) -> str:
         lines += [f"### {TITLES[scorer]}", ""]
         head = ["Method", "Dataset", "Model", "Protocol", "N"] + [c for c, _ in columns]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        labels = _checkpoint_labels(runs)
         for r in runs:
             for c in r["checkpoints"]:
                 if scorer not in c:
                     continue
                 mark = OLD_DECODING if scorer in metrics.DECODED and metrics.old_decoding(r) else ""
-                cells = [_run_label(r) + mark, r["dataset"], r["model"], r["protocol"], str(c["n"])]
+                cells = [labels[id(r)] + mark, r["dataset"], r["model"], r["protocol"], str(c["n"])]
                 cells += [_fmt(c[scorer].get(key)) for _, key in columns]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -273,11 +294,10 @@ def markdown_report(results: list[dict]) -> str:
         lines += [OLD_DECODING_NOTE, ""]
     lines += ["### Runs", ""] if results else []
     for r in results:
-        status = "" if r.get("complete", True) else " (incomplete)"
         per_edit = r.get("time_per_edit")
         timing = f", {per_edit:.3f} s/edit" if per_edit is not None else ""
         git = r.get("git") or {}
-        lines.append(f"- `{r['file']}`{status}{timing}, commit {_commit(git)}{_resumes(r)}: "
+        lines.append(f"- `{r['file']}`{_status(r)}{timing}, commit {_commit(git)}{_resumes(r)}: "
                      f"`{r.get('command', '?')}`")
     if speeds:
         lines += [""] + speed_report(speeds)
