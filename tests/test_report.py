@@ -254,3 +254,16 @@ def test_eval_speed_results_get_a_table(tmp_path):
     text = report.markdown_report(report.load_results([tmp_path / "*.json"]))
     assert "### Scoring speed: 200 ZsRE edits on tiny" in text
     assert "| 2.0 | 20.0 | 10.00x | 0.800 / 0.800 |" in text
+
+
+def test_plot_lines_stay_apart_with_many_runs():
+    # eleven methods, one with two N: each run gets its own look, a method keeps its colour
+    methods = [f"m{i:02d}" for i in range(11)]
+    runs = [fake_result(m) for m in methods] + [dict(fake_result("m00"), n=1000)]
+    colors = [f"c{i}" for i in range(20)]  # stands in for tab20
+    styles = report._line_styles(runs, colors)
+    looks = {(s["color"], s["linestyle"], s["marker"]) for s in styles}
+    assert len(looks) == len(runs)
+    assert len({s["color"] for s in styles[:11]}) == 11
+    assert styles[0]["color"] == styles[-1]["color"]
+    assert styles[0]["linestyle"] != styles[-1]["linestyle"]

@@ -317,6 +317,27 @@ def _resumes(r: dict) -> str:
                    for at, g in zip(ats, gits))
 
 
+def _color_index(k: int, n_colors: int) -> int:
+    """tab20 pairs a dark and a light shade: the first ten methods take the dark ones."""
+    return (2 * k + k // (n_colors // 2)) % n_colors
+
+
+def _line_styles(runs: list[dict], colors) -> list[dict]:
+    """One colour per method; a method's runs (N, settings) differ by line and marker."""
+    methods = sorted({r["method"] for r in runs})
+    seen: dict[str, int] = {}
+    styles = []
+    for r in runs:
+        i = seen[r["method"]] = seen.get(r["method"], -1) + 1
+        styles.append({
+            "color": colors[_color_index(methods.index(r["method"]), len(colors))],
+            "linestyle": ("-", "--", ":", "-.")[i % 4],
+            "marker": "osD^v"[i % 5],
+            "markersize": 4,
+        })
+    return styles
+
+
 def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     """PNG per (dataset, scorer): each metric vs number of edits, one line per method."""
     import matplotlib
@@ -342,14 +363,17 @@ def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
                       for r in runs]
             labels = [lab + (f" N={r['n']}" if labels.count(lab) > 1 else "")
                       for lab, r in zip(labels, runs)]
-            fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+            styles = _line_styles(runs, plt.get_cmap("tab20").colors)
+            # tall enough that the legend, one line per run, fits beside the plots
+            height = max(3.4, 0.2 * len(runs) + 0.9)
+            fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), height), squeeze=False)
             for ax, key in zip(axes[0], keys):
-                for r, label in zip(runs, labels):
+                for r, label, style in zip(runs, labels, styles):
                     pts = [(c["n"], c[scorer].get(key)) for c in r["checkpoints"] if scorer in c]
                     pts = [(n, v) for n, v in pts if v is not None]
                     if not pts:
                         continue
-                    ax.plot(*zip(*pts), marker="o", label=label)
+                    ax.plot(*zip(*pts), label=label, **style)
                 ax.set_xscale("log")
                 ax.set_xlabel("number of edits")
                 ax.set_title(key)
@@ -357,10 +381,11 @@ def plot_results(results: list[dict], out_dir: str | os.PathLike) -> list[Path]:
                 ax.grid(alpha=0.3)
             handles, names = axes[0][0].get_legend_handles_labels()
             fig.suptitle(f"{dataset}: {TITLES[scorer]}")
-            fig.tight_layout(rect=(0, 0, 0.84, 1))  # the legend goes to the right of the plots
-            fig.legend(handles, names, loc="center right", fontsize=8)
+            fig.tight_layout()
+            # the legend goes to the right of the plots; the saved canvas grows to hold it
+            fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
             path = out_dir / f"{slug(dataset)}__{scorer}.png"
-            fig.savefig(path, dpi=100)
+            fig.savefig(path, dpi=100, bbox_inches="tight")  # never clip the legend
             plt.close(fig)
             written.append(path)
     return written
