@@ -131,6 +131,7 @@ def test_resume_equals_uninterrupted(tmp_path, protocol):
     assert scores(resumed) == scores(full)
     assert resumed["resumed_at"] == [2] and resumed["complete"]
     assert resumed["resumed_git"] == [results.git_state()]
+    assert resumed["resumed_cpu"] == [results.cpu_model()]  # a resume may move machine
     assert not (tmp_path / "b" / full["file"].replace(".json", ".resume")).exists()
     with pytest.raises(Killed):
         runner.run_bench(cfg(tmp_path / "c"), RECORDS, build("llama"), on_checkpoint=kill)

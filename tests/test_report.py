@@ -75,11 +75,32 @@ def test_runs_list_names_where_a_run_was_resumed_and_with_what_code():
     r = fake_result("alphaedit", complete=False)
     r.update(resumed_at=[10, 50], resumed_git=[{"commit": "1234567890ab", "dirty": False}, {}])
     text = report.markdown_report([r])
-    assert ("(incomplete), 0.500 s/edit, commit abcdef0123+dirty, resumed after edit 10 on commit "
+    assert ("(incomplete), 0.500 s/edit on CPU not recorded, commit abcdef0123+dirty, resumed "
+            "after edit 10 on commit "
             "1234567890, resumed after edit 50:") in text
     r.update(resumed_at=[10, 50], resumed_git=[{"commit": "1234567890ab", "dirty": False}])
     assert ("resumed after edit 10, resumed after edit 50 on commit 1234567890:"
             in report.markdown_report([r]))  # the first resume predates resumed_git
+
+
+AMD = "AuthenticAMD cpu family 25 model 17 stepping 1 (AMD EPYC)"
+INTEL = "GenuineIntel cpu family 6 model 167 stepping 1 (Intel(R) Xeon(R) Processor)"
+
+
+def test_times_measured_on_another_cpu_than_most_runs_are_marked():
+    runs = [fake_result(m) for m in ("horen", "grace", "rome", "memit", "wise")]
+    for r, cpu in zip(runs, (AMD, "AMD EPYC", INTEL, AMD, None)):
+        r["machine"] = {"cpu": cpu}
+    runs[3]["resumed_at"], runs[3]["resumed_cpu"] = [50], [INTEL]  # moved machine mid-run
+    text = report.markdown_report(runs)
+    summary = text.split("### Teacher-forced")[0]
+    for method, mark in (("horen", ""), ("grace", ""), ("rome", "²"), ("memit", "²"), ("wise", "")):
+        assert f"| {method} | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50{mark} |" in summary
+    assert "another CPU (Intel Xeon Processor) than most runs whose CPU is recorded (AMD EPYC)" in summary
+    assert "s/edit on AMD EPYC then Intel Xeon Processor, commit" in text
+    assert "s/edit on CPU not recorded, commit" in text
+    same = report.markdown_report(runs[:2] + runs[4:])
+    assert "²" not in same and "another CPU" not in same
 
 
 def test_summary_has_one_row_per_run_with_what_sets_it_apart():

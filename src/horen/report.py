@@ -3,7 +3,8 @@
 :func:`load_results` reads the JSON files :mod:`horen.bench` writes; :func:`markdown_report`
 makes a summary (one row per run at its last checkpoint, and every run of a dataset at the
 largest N they share), one Markdown table per scorer (method x dataset x checkpoint ->
-Rel/Gen/Loc/OP) and the command that reproduces each run; :func:`plot_results` draws each
+Rel/Gen/Loc/OP) and the command that reproduces each run, with the CPU it ran on (a time
+measured on another CPU than most runs is marked: seconds compare only on one CPU); :func:`plot_results` draws each
 metric against the number of edits (log x axis, one line per method, one figure per dataset
 and scorer);
 :func:`update_readme` puts the tables between ``<!-- results:start -->`` and
@@ -160,6 +161,41 @@ OLD_DECODING_NOTE = (
 )
 
 
+OTHER_CPU = "²"
+OTHER_CPU_NOTE = (
+    f"{OTHER_CPU} time measured on another CPU ({{other}}) than most runs whose CPU is recorded "
+    "({usual}): seconds per edit compare only between runs on one CPU (the Runs list names "
+    "each run's; `horen bench-speed` gives ratios measured in one run)."
+)
+
+
+def cpu_name(cpu: str | None) -> str | None:
+    """The model name of a recorded CPU: ``"AMD EPYC"`` from ``"AuthenticAMD cpu family 25
+    model 17 stepping 1 (AMD EPYC)"`` (results files before the family was recorded hold the
+    name alone)."""
+    if not cpu:
+        return None
+    match = re.search(r"\((.*)\)$", cpu)
+    name = match.group(1) if match else cpu
+    return re.sub(r"\s+", " ", name.replace("(R)", "").replace("(TM)", "")).strip()
+
+
+def run_cpus(r: dict) -> list[str]:
+    """The CPUs a run's edits ran on, in order (a resumed run may have moved machine)."""
+    cpus = [(r.get("machine") or {}).get("cpu")] + list(r.get("resumed_cpu", []))
+    names = [cpu_name(c) for c in cpus if cpu_name(c)]
+    return [n for i, n in enumerate(names) if n not in names[:i]]
+
+
+def usual_cpu(results: list[dict]) -> str | None:
+    """The CPU most runs with a recorded one ran on."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for name in run_cpus(r):
+            counts[name] = counts.get(name, 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
 SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
                 "Gen-scored OP", "s/edit (whole run)"]
 
@@ -185,13 +221,14 @@ def _checkpoint_labels(runs: list[dict]) -> dict[int, str]:
             + _status(r) for r in runs}
 
 
-def _summary_row(r: dict, point: dict) -> str:
+def _summary_row(r: dict, point: dict, usual: str | None = None) -> str:
     tf, gen = point.get("teacher_forced", {}), point.get("generation", {})
     per_edit = r.get("time_per_edit")
     cells = [_run_label(r) + _status(r), r["dataset"], str(point.get("n", "–"))]
     mark = OLD_DECODING if metrics.old_decoding(r) and gen.get("op") is not None else ""
     cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op")) + mark]
-    cells.append("–" if per_edit is None else f"{per_edit:.2f}")
+    other = OTHER_CPU if usual and any(c != usual for c in run_cpus(r)) else ""
+    cells.append("–" if per_edit is None else f"{per_edit:.2f}{other}")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -211,8 +248,9 @@ def summary_table(results: list[dict]) -> list[str]:
     then, per dataset whose runs stop at different N, every method at the largest N they share."""
     head = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
     order = sorted(results, key=lambda r: (r["dataset"], *_n_then_label(r)))
+    usual = usual_cpu(results)
     lines = ["### At the last checkpoint", "", *head]
-    lines += [_summary_row(r, r["checkpoints"][-1]) for r in order if r["checkpoints"]]
+    lines += [_summary_row(r, r["checkpoints"][-1], usual) for r in order if r["checkpoints"]]
     lines.append("")
     for dataset in sorted({r["dataset"] for r in results}):
         runs = [r for r in order if r["dataset"] == dataset and r["checkpoints"]]
@@ -221,9 +259,12 @@ def summary_table(results: list[dict]) -> list[str]:
             continue
         n = max(shared)
         lines += [f"### {dataset} at N = {n}, every method (the same first {n} edits)", "", *head]
-        lines += [_summary_row(r, next(c for c in r["checkpoints"] if c["n"] == n))
+        lines += [_summary_row(r, next(c for c in r["checkpoints"] if c["n"] == n), usual)
                   for r in _one_run_per_label(runs)]
         lines.append("")
+    others = sorted({c for r in results for c in run_cpus(r) if c != usual})
+    if usual and others:
+        lines += [OTHER_CPU_NOTE.format(other=", ".join(others), usual=usual), ""]
     return lines
 
 
@@ -297,8 +338,9 @@ def markdown_report(results: list[dict]) -> str:
         per_edit = r.get("time_per_edit")
         timing = f", {per_edit:.3f} s/edit" if per_edit is not None else ""
         git = r.get("git") or {}
-        lines.append(f"- `{r['file']}`{_status(r)}{timing}, commit {_commit(git)}{_resumes(r)}: "
-                     f"`{r.get('command', '?')}`")
+        cpus = " then ".join(run_cpus(r)) or "CPU not recorded"
+        lines.append(f"- `{r['file']}`{_status(r)}{timing} on {cpus}, commit {_commit(git)}"
+                     f"{_resumes(r)}: `{r.get('command', '?')}`")
     if speeds:
         lines += [""] + speed_report(speeds)
     return "\n".join(lines) + "\n"

@@ -200,6 +200,7 @@ def run_bench(
         else:
             state["result"].setdefault("resumed_at", []).append(state["done"])
             state["result"].setdefault("resumed_git", []).append(started_at)  # the code from there on
+            state["result"].setdefault("resumed_cpu", []).append(res.cpu_model())  # and the CPU
         _loop(
             cfg, editor, records, reference, scorers, checkpoints, state, path, side, on_checkpoint
         )
