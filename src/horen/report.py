@@ -4,9 +4,9 @@
 makes a summary (one row per run at its last checkpoint, and every run of a dataset at the
 largest N they share), one Markdown table per scorer (method x dataset x checkpoint ->
 Rel/Gen/Loc/OP) and the command that reproduces each run, with the CPU it ran on (a time
-measured on another CPU than most runs is marked: seconds compare only on one CPU); :func:`plot_results` draws each
-metric against the number of edits (log x axis, one line per method, one figure per dataset
-and scorer);
+measured on another CPU than most runs is marked: seconds compare only on one CPU);
+:func:`plot_results` draws each metric against the number of edits (log x axis, one line per
+method, one figure per dataset and scorer);
 :func:`update_readme` puts the tables between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` in a README.
 
