@@ -101,6 +101,8 @@ def test_times_measured_on_another_cpu_than_most_runs_are_marked():
     assert "s/edit on CPU not recorded, commit" in text
     same = report.markdown_report(runs[:2] + runs[4:])
     assert "²" not in same and "another CPU" not in same
+    runs[2]["time_per_edit"] = runs[3]["time_per_edit"] = None  # no time, nothing to mark
+    assert "another CPU" not in report.markdown_report(runs)
 
 
 def test_summary_has_one_row_per_run_with_what_sets_it_apart():

@@ -262,7 +262,8 @@ def summary_table(results: list[dict]) -> list[str]:
         lines += [_summary_row(r, next(c for c in r["checkpoints"] if c["n"] == n), usual)
                   for r in _one_run_per_label(runs)]
         lines.append("")
-    others = sorted({c for r in results for c in run_cpus(r) if c != usual})
+    timed = [r for r in results if r["checkpoints"] and r.get("time_per_edit") is not None]
+    others = sorted({c for r in timed for c in run_cpus(r) if c != usual})  # marked cells
     if usual and others:
         lines += [OTHER_CPU_NOTE.format(other=", ".join(others), usual=usual), ""]
     return lines
