@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 from . import metrics
@@ -183,17 +184,21 @@ def cpu_name(cpu: str | None) -> str | None:
 def run_cpus(r: dict) -> list[str]:
     """The CPUs a run's edits ran on, in order (a resumed run may have moved machine)."""
     cpus = [(r.get("machine") or {}).get("cpu")] + list(r.get("resumed_cpu", []))
-    names = [cpu_name(c) for c in cpus if cpu_name(c)]
-    return [n for i, n in enumerate(names) if n not in names[:i]]
+    return list(dict.fromkeys(n for n in map(cpu_name, cpus) if n))
 
 
 def usual_cpu(results: list[dict]) -> str | None:
     """The CPU most runs with a recorded one ran on."""
-    counts: dict[str, int] = {}
-    for r in results:
-        for name in run_cpus(r):
-            counts[name] = counts.get(name, 0) + 1
-    return max(counts, key=counts.get) if counts else None
+    counts = Counter(name for r in results for name in run_cpus(r))
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _other_cpus(r: dict, usual: str | None) -> list[str]:
+    """The CPUs other than ``usual`` that a run's time per edit was measured on: what the
+    summary marks."""
+    if not usual or r.get("time_per_edit") is None:
+        return []
+    return [c for c in run_cpus(r) if c != usual]
 
 
 SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
@@ -227,7 +232,7 @@ def _summary_row(r: dict, point: dict, usual: str | None = None) -> str:
     cells = [_run_label(r) + _status(r), r["dataset"], str(point.get("n", "–"))]
     mark = OLD_DECODING if metrics.old_decoding(r) and gen.get("op") is not None else ""
     cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op")) + mark]
-    other = OTHER_CPU if usual and any(c != usual for c in run_cpus(r)) else ""
+    other = OTHER_CPU if _other_cpus(r, usual) else ""
     cells.append("–" if per_edit is None else f"{per_edit:.2f}{other}")
     return "| " + " | ".join(cells) + " |"
 
@@ -262,9 +267,8 @@ def summary_table(results: list[dict]) -> list[str]:
         lines += [_summary_row(r, next(c for c in r["checkpoints"] if c["n"] == n), usual)
                   for r in _one_run_per_label(runs)]
         lines.append("")
-    timed = [r for r in results if r["checkpoints"] and r.get("time_per_edit") is not None]
-    others = sorted({c for r in timed for c in run_cpus(r) if c != usual})  # marked cells
-    if usual and others:
+    others = sorted({c for r in results if r["checkpoints"] for c in _other_cpus(r, usual)})
+    if others:
         lines += [OTHER_CPU_NOTE.format(other=", ".join(others), usual=usual), ""]
     return lines
 
