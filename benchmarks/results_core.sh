@@ -89,6 +89,10 @@ if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one solve 
     --set mom2_update_weight=$MEMIT_LAMBDA
   bench --method memit --dataset zsre --n 1000 --checkpoints 100,200,500 --save-every 100 \
     --edit-batch 100 --set mom2_update_weight=$MEMIT_LAMBDA
+  bench --method memit --dataset counterfact --n 100 --checkpoints 100 --edit-batch 100 \
+    --set mom2_update_weight=$MEMIT_LAMBDA
+  bench --method memit --dataset counterfact --n 1000 --checkpoints 100,200,500 --save-every 100 \
+    --edit-batch 100 --set mom2_update_weight=$MEMIT_LAMBDA
 fi
 if step counterfact; then  # dense checkpoints: a killed run resumes from the last one
   bench --method horen --dataset counterfact --n 1000
