@@ -85,14 +85,12 @@ if step memit_tuned; then  # MEMIT sequential with the held-out slice's lambda (
   done
 fi
 if step memit_batch; then  # MEMIT as intended: batches of 100 edits, one solve each; lambda as above
-  bench --method memit --dataset zsre --n 100 --checkpoints 100 --edit-batch 100 \
-    --set mom2_update_weight=$MEMIT_LAMBDA
-  bench --method memit --dataset zsre --n 1000 --checkpoints 100,200,500 --save-every 100 \
-    --edit-batch 100 --set mom2_update_weight=$MEMIT_LAMBDA
-  bench --method memit --dataset counterfact --n 100 --checkpoints 100 --edit-batch 100 \
-    --set mom2_update_weight=$MEMIT_LAMBDA
-  bench --method memit --dataset counterfact --n 1000 --checkpoints 100,200,500 --save-every 100 \
-    --edit-batch 100 --set mom2_update_weight=$MEMIT_LAMBDA
+  for d in zsre counterfact; do
+    bench --method memit --dataset $d --n 100 --checkpoints 100 --edit-batch 100 \
+      --set mom2_update_weight=$MEMIT_LAMBDA
+    bench --method memit --dataset $d --n 1000 --checkpoints 100,200,500 --save-every 100 \
+      --edit-batch 100 --set mom2_update_weight=$MEMIT_LAMBDA
+  done
 fi
 if step counterfact; then  # dense checkpoints: a killed run resumes from the last one
   bench --method horen --dataset counterfact --n 1000
