@@ -369,7 +369,7 @@ def test_records_with_probe_sets_get_the_probe_scorer(tmp_path):
     data = Path(__file__).parent / "fixtures" / "data" / "wikibigedit_native.json"
     c = cfg(tmp_path, dataset=str(data), n=2, checkpoints=[])
     result = runner.run_bench(c, model_and_tokenizer=build("gpt2"))
-    assert result["scorers"] == ["teacher_forced", "generation", "probes"]
+    assert result["scorers"] == ["teacher_forced", "generation", "free_generation", "probes"]
     probes = result["checkpoints"][-1]["probes"]
     assert "personas" in probes and 0.0 <= probes["personas"] <= 1.0
     plain = runner.run_bench(cfg(tmp_path / "plain", checkpoints=[]), RECORDS, build("gpt2"))
@@ -381,7 +381,7 @@ def test_base_reference_is_cached_across_runs(tmp_path, monkeypatch):
 
     first = runner.run_bench(cfg(tmp_path / "a"), RECORDS, build("llama"))
     files = sorted(p.name for p in (tmp_path / "reference").iterdir())
-    assert [f.split("-")[0] for f in files] == ["gen", "tf"]
+    assert [f.split("-")[0] for f in files] == ["free", "gen", "tf"]
 
     def fail(*args, **kwargs):
         raise AssertionError("the cached reference should have been read")

@@ -280,7 +280,7 @@ def test_every_codebook_method_edits_saves_and_loads(tiny, method, tmp_path):
 
 def test_lora_values(tiny):
     model, tok = tiny
-    ed = HoReN(model, tok, value="lora", lr=0.5, max_steps=40)
+    ed = HoReN(model, tok, value="lora", lr=0.5, max_steps=40, answer_end="none")
     ed.edit(P1, "Paris")
     r = ed.config.lora_rank
     assert ed.codebook.values.shape == (1, r * (ed.site.d_in + ed.site.d_out))

@@ -95,7 +95,7 @@ def test_times_measured_on_another_cpu_than_most_runs_are_marked():
     text = report.markdown_report(runs)
     summary = text.split("### Teacher-forced")[0]
     for method, mark in (("horen", ""), ("grace", ""), ("rome", "²"), ("memit", "²"), ("wise", "")):
-        assert f"| {method} | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50{mark} |" in summary
+        assert f"| {method} | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | – | – | 0.50{mark} |" in summary
     assert "another CPU (Intel Xeon Processor) than most runs whose CPU is recorded (AMD EPYC)" in summary
     assert "s/edit on AMD EPYC then Intel Xeon Processor, commit" in text
     assert "s/edit on CPU not recorded, commit" in text
@@ -111,7 +111,7 @@ def test_summary_has_one_row_per_run_with_what_sets_it_apart():
     batched["config"] = {"edit_batch": 100, "overrides": {"lr": 3e-05, "rollback_window": 100}}
     text = report.markdown_report([plain, batched])
     summary = text.split("### Teacher-forced")[0]
-    assert "| memit | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50 |" in summary
+    assert "| memit | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | – | – | 0.50 |" in summary
     assert "| memit (batch 100, lr=3e-05) (incomplete) | zsre | 100 | 1.000 | 0.300 |" in summary
     assert "### zsre at N" not in summary  # both runs end at the same N
     shorter = fake_result("rome")
@@ -149,7 +149,7 @@ def test_a_method_run_at_two_lengths_gets_one_row_at_their_shared_n():
     text = report.markdown_report([long_run, short_run, other]).split("### Teacher-forced")[0]
     common = text.split("### zsre at N = 10, every method")[1]
     assert common.count("| grace |") == 1 and common.count("| horen |") == 1
-    assert "| grace | zsre | 10 | 1.000 | 0.600 | 1.000 | 0.600 | 0.700 | 0.25 |" in common
+    assert "| grace | zsre | 10 | 1.000 | 0.600 | 1.000 | 0.600 | 0.700 | – | – | 0.25 |" in common
 
 
 def test_checkpoint_tables_tell_apart_one_method_run_at_two_lengths():
@@ -168,8 +168,8 @@ def test_runs_decoded_the_old_way_are_marked_in_generation_numbers_only():
     del old["decoding_version"]  # results files from before it was recorded
     text = report.markdown_report([old, fake_result("horen")])
     summary = text.split("### Teacher-forced")[0]
-    assert "| grace | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700¹ | 0.50 |" in summary
-    assert "| horen | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | 0.50 |" in summary
+    assert "| grace | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700¹ | – | – | 0.50 |" in summary
+    assert "| horen | zsre | 100 | 1.000 | 0.900 | 1.000 | 0.900 | 0.700 | – | – | 0.50 |" in summary
     generation = text.split("### Generation")[1].split("### Runs")[0]
     assert "| grace¹ | zsre |" in generation and "| horen | zsre |" in generation
     assert "| grace | zsre | tiny |" in text.split("### Teacher-forced")[1].split("### Generation")[0]

@@ -26,6 +26,7 @@ from .editors import (
     HoReNConfig,
     HoReNMultiStep,
     HoReNUnnormalized,
+    NotConvergedWarning,
     UltraEdit,
     get_method,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "HoReNConfig",
     "HoReNMultiStep",
     "HoReNUnnormalized",
+    "NotConvergedWarning",
     "UltraEdit",
     "get_method",
     "load_model",

@@ -43,6 +43,17 @@ COLUMNS = {
         ("Rel EM", "rel_em"),
         ("Gen EM", "gen_em"),
     ],
+    "free_generation": [
+        ("Rel hit", "rel_hit"),
+        ("Gen hit", "gen_hit"),
+        ("Loc", "loc"),
+        ("OP", "op"),
+        ("Rel degen", "rel_degenerate"),
+        ("Gen degen", "gen_degenerate"),
+        ("Rel mention", "rel_mention"),
+        ("Loc true", "loc_true"),
+        ("Base loc true", "base_loc_true"),
+    ],
     "unke": [
         (f"{s[:4].title()} {m}", f"{s}_{m}")
         for s in ("original", "paraphrase", "sub_question")
@@ -52,12 +63,14 @@ COLUMNS = {
 TITLES = {
     "teacher_forced": "Teacher-forced",
     "generation": "Generation (greedy, KV cache)",
+    "free_generation": "Free generation (whole answers: hit = starts with the target)",
     "unke": "UnKE (long-form)",
     "probes": "Extra probes (teacher-forced answer accuracy)",
 }
 PLOTTED = {
     "teacher_forced": ["rel", "gen", "loc", "op"],
     "generation": ["rel_acc", "gen_acc", "loc", "op"],
+    "free_generation": ["rel_hit", "gen_hit", "loc", "rel_degenerate"],
     "unke": [
         "original_bertscore",
         "paraphrase_bertscore",
@@ -202,7 +215,7 @@ def _other_cpus(r: dict, usual: str | None) -> list[str]:
 
 
 SUMMARY_HEAD = ["Method", "Dataset", "N", "TF Rel", "TF Gen", "TF Loc", "TF OP",
-                "Gen-scored OP", "s/edit (whole run)"]
+                "Gen-scored OP", "Free OP", "Free degen", "s/edit (whole run)"]
 
 
 def _status(r: dict) -> str:
@@ -232,6 +245,9 @@ def _summary_row(r: dict, point: dict, usual: str | None = None) -> str:
     cells = [_run_label(r) + _status(r), r["dataset"], str(point.get("n", "–"))]
     mark = OLD_DECODING if metrics.old_decoding(r) and gen.get("op") is not None else ""
     cells += [_fmt(tf.get(k)) for k in ("rel", "gen", "loc", "op")] + [_fmt(gen.get("op")) + mark]
+    free = point.get("free_generation", {})
+    degen = metrics.mean([free.get("rel_degenerate"), free.get("gen_degenerate")])
+    cells += [_fmt(free.get("op")), _fmt(degen)]
     other = OTHER_CPU if _other_cpus(r, usual) else ""
     cells.append("–" if per_edit is None else f"{per_edit:.2f}{other}")
     return "| " + " | ".join(cells) + " |"

@@ -10,6 +10,7 @@ with a leading space and no special tokens, and appended.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,8 +110,40 @@ def check_length(tokenizer, model, n_tokens: int, what: str) -> None:
         raise ValueError(f"{what} is {n_tokens} tokens, longer than the model's context ({limit})")
 
 
-def make_batch(tokenizer, model, prompts, targets=None, chat: bool = False) -> Batch:
-    """Right-padded batch of ``prompt [+ " " + target]`` with prompt and target masks."""
+def answer_end_ids(tokenizer, chat: bool, setting: str = "auto") -> list[int]:
+    """The tokens that end an answer, trained after each target so the model stops there.
+
+    Args:
+        setting: ``"auto"``: in chat mode the chat template's end-of-turn token (what the
+            template writes right after an assistant message: ``<|im_end|>``, ``<|eot_id|>``),
+            in plain mode the tokenizer's end-of-sequence token; ``"none"``: nothing (the
+            paper's training, where the answer runs on after the target); any other string:
+            its tokens (a stop string such as ``"\n"``).
+    """
+    if setting == "none":
+        return []
+    if setting != "auto":
+        return tokenizer(setting, add_special_tokens=False).input_ids
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if not chat or not getattr(tokenizer, "chat_template", None):
+        return eos
+    marker = "horenanswer"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    after = text[text.rfind(marker) + len(marker) :]
+    ids = tokenizer(after, add_special_tokens=False).input_ids
+    special = set(tokenizer.all_special_ids)
+    return next(([i] for i in ids if i in special), eos)
+
+
+def make_batch(
+    tokenizer, model, prompts, targets=None, chat: bool = False, end_ids: Sequence[int] = ()
+) -> Batch:
+    """Right-padded batch of ``prompt [+ " " + target]`` with prompt and target masks.
+
+    ``end_ids`` (:func:`answer_end_ids`) are appended after each target and count as target
+    tokens (value training); the scorers never pass them.
+    """
     rows = []
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt.strip():
@@ -119,6 +152,7 @@ def make_batch(tokenizer, model, prompts, targets=None, chat: bool = False) -> B
             p, t = encode_prompt(tokenizer, prompt, chat), []
         else:
             p, t = encode_pair(tokenizer, prompt, targets[i], chat)
+            t = t + list(end_ids)
         check_length(tokenizer, model, len(p) + len(t), f"prompt {i} (+ target)")
         rows.append((p, t, pool_positions(tokenizer, prompt, chat) if chat else [1] * len(p)))
     width = max(len(p) + len(t) for p, t, _ in rows)

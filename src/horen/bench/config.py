@@ -7,7 +7,7 @@ import dataclasses
 import json
 import shlex
 
-from ..metrics import SCORERS
+from ..metrics import FREE_BUDGET, SCORERS
 
 PROTOCOLS = ("sequential", "immediate")
 """``sequential``: edits 1..N one at a time; at checkpoint n, f_n is scored on records 1..n.
@@ -56,7 +56,8 @@ class BenchConfig:
     protocol: str = dataclasses.field(default="sequential", metadata={"help": "|".join(PROTOCOLS)})
     out: str = dataclasses.field(default="results", metadata={"help": "results directory"})
     scorers: list[str] | None = dataclasses.field(
-        default=None, metadata={"help": "tf, gen, unke (None = tf+gen, +unke on UnKE data)"}
+        default=None,
+        metadata={"help": "tf, gen, free, probes, unke (None = tf+gen+free, +unke on UnKE data)"},
     )
     batch_size: int = dataclasses.field(default=16, metadata={"help": "sequences per forward"})
     offset: int = dataclasses.field(
@@ -74,6 +75,9 @@ class BenchConfig:
     skip_bad: bool = dataclasses.field(default=False, metadata={"help": "skip bad records"})
     unke_max_tokens: int = dataclasses.field(
         default=256, metadata={"help": "longest UnKE answer generated"}
+    )
+    free_max_tokens: int = dataclasses.field(
+        default=FREE_BUDGET, metadata={"help": "longest free-generation answer (tokens)"}
     )
     progress: bool = dataclasses.field(default=True, metadata={"help": "tqdm progress bar"})
     edit_batch: int = dataclasses.field(
@@ -104,6 +108,8 @@ class BenchConfig:
             raise ValueError(f"offset must be >= 0, not {self.offset}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.free_max_tokens < 1:
+            raise ValueError("free_max_tokens must be >= 1")
         if self.edit_batch < 1:
             raise ValueError("edit_batch must be >= 1")
         if self.save_every < 0:
@@ -128,6 +134,8 @@ class BenchConfig:
             parts += ["--edit-batch", str(self.edit_batch)]
         if self.scorers:
             parts += ["--scorers", ",".join(self.scorers)]
+        if self.free_max_tokens != FREE_BUDGET:
+            parts += ["--free-max-tokens", str(self.free_max_tokens)]
         for flag in ("shuffle", "chat", "skip_bad"):
             if getattr(self, flag):
                 parts.append("--" + flag.replace("_", "-"))
@@ -172,8 +180,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", default=None, help="HF model id or directory (default: embedded SmolLM2)")
     a("--protocol", default="sequential", choices=PROTOCOLS, help="scoring protocol")
     a("--out", default="results", metavar="DIR", help="results directory")
-    a("--scorers", default=None, help="comma list of tf, gen, probes, unke (default: tf,gen; +probes where records have "
-      "portability/persona/multi-hop probes; +unke on UnKE data)")
+    a("--scorers", default=None, help="comma list of tf, gen, free, probes, unke (default: "
+      "tf,gen,free; +probes where records have portability/persona/multi-hop probes; +unke on "
+      "UnKE data)")
+    a("--free-max-tokens", type=int, default=FREE_BUDGET,
+      help="longest free-generation answer, in new tokens")
     a("--batch-size", type=int, default=16, help="sequences per scoring batch")
     a("--shuffle", action="store_true", help="shuffle the records (with --seed) before taking N")
     a("--seed", type=int, default=0, help="seed for shuffling and torch")
@@ -236,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         data_root=args.data_root,
         skip_bad=args.skip_bad,
         unke_max_tokens=args.unke_max_tokens,
+        free_max_tokens=args.free_max_tokens,
         edit_batch=args.edit_batch,
         progress=not args.no_progress,
         cache_reference=not args.no_reference_cache,

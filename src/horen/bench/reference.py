@@ -48,7 +48,12 @@ def default_root() -> Path:
 
 
 def reference_key(
-    editor, records: Sequence[EditRecord], scorer: str, batch_size: int, digest: str | None = None
+    editor,
+    records: Sequence[EditRecord],
+    scorer: str,
+    batch_size: int,
+    digest: str | None = None,
+    free_max_tokens: int = metrics.FREE_BUDGET,
 ) -> str:
     """The cache key of one scorer's reference (see the module docstring).
 
@@ -66,6 +71,8 @@ def reference_key(
         "batch_size": batch_size,
         "probes": probes,
     }
+    if scorer == "free":
+        payload["free_max_tokens"] = free_max_tokens
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -75,25 +82,28 @@ def cached_base_reference(
     scorers: Sequence[str],
     batch_size: int = 16,
     root: str | os.PathLike | None = None,
+    free_max_tokens: int = metrics.FREE_BUDGET,
 ) -> metrics.BaseReference:
     """:func:`horen.metrics.base_reference`, read from the cache where a run already made it.
 
     Args:
         editor, records, scorers, batch_size: as for :func:`~horen.metrics.base_reference`.
         root: the cache folder (default :func:`default_root`).
+        free_max_tokens: the free-generation budget (part of that scorer's key).
     """
     root = Path(root) if root is not None else default_root()
-    ref = metrics.BaseReference([None] * len(records), [None] * len(records))
+    ref = metrics.BaseReference(*([None] * len(records) for _ in range(3)))
     with editor.disabled():
         digest = model_digest(editor.model)
-    for scorer, attr in (("tf", "tf_loc"), ("gen", "gen_loc")):
+    for scorer, attr in (("tf", "tf_loc"), ("gen", "gen_loc"), ("free", "free_loc")):
         if scorer not in scorers:
             continue
-        key = reference_key(editor, records, scorer, batch_size, digest)
+        key = reference_key(editor, records, scorer, batch_size, digest, free_max_tokens)
         path = root / f"{scorer}-{key}.pt"
         values = _read(path)
         if values is None:
-            values = getattr(metrics.base_reference(editor, records, [scorer], batch_size), attr)
+            fresh = metrics.base_reference(editor, records, [scorer], batch_size, free_max_tokens)
+            values = getattr(fresh, attr)
             root.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             torch.save(values, tmp)

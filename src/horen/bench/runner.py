@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..data.record import EditRecord
-from ..editors import Editor, get_method
+from ..editors import Editor, NotConvergedWarning, get_method
 from . import results as res
 from .config import BenchConfig, resolve_checkpoints
 from .reference import cached_base_reference
@@ -50,6 +50,7 @@ _RESUME_KEYS = (
     "overrides",
     "skip_bad",
     "unke_max_tokens",
+    "free_max_tokens",
     "edit_batch",
 )
 
@@ -89,13 +90,15 @@ def select_records(cfg: BenchConfig, records: Sequence[EditRecord] | None = None
 
 
 def resolve_scorers(cfg: BenchConfig, records: Sequence[EditRecord]) -> list[str]:
-    """Short scorer names: as given, else tf + gen (+ probes where records carry extra probe
-    sets, + unke where they have sub-questions)."""
+    """Short scorer names: as given, else tf + gen + free (+ probes where records carry extra
+    probe sets, + unke where they have sub-questions; free is left out on long-form data, whose
+    answers the UnKE scorer reads whole)."""
     if cfg.scorers:
         return list(dict.fromkeys(cfg.scorers))
     long_form = any("sub_question" in r.extra for r in records)
     probes = bool(metrics.probe_sets(records))
-    return ["tf", "gen"] + (["probes"] if probes else []) + (["unke"] if long_form else [])
+    free = [] if long_form else ["free"]
+    return ["tf", "gen", *free] + (["probes"] if probes else []) + (["unke"] if long_form else [])
 
 
 def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
@@ -111,6 +114,10 @@ def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
         if short == "gen":
             out[label] = metrics.score_generation(
                 editor, records, reference, cfg.batch_size, memo=memo
+            )
+        elif short == "free":
+            out[label] = metrics.score_free(
+                editor, records, reference, cfg.batch_size, cfg.free_max_tokens
             )
         elif short == "unke":
             out[label] = metrics.score_unke(
@@ -186,9 +193,13 @@ def run_bench(
             raise ValueError(f"{cfg.method} cannot write edits as one batch (--edit-batch)")
         start = time.perf_counter()
         if cfg.cache_reference:
-            reference = cached_base_reference(editor, records, scorers, cfg.batch_size)
+            reference = cached_base_reference(
+                editor, records, scorers, cfg.batch_size, free_max_tokens=cfg.free_max_tokens
+            )
         else:
-            reference = metrics.base_reference(editor, records, scorers, cfg.batch_size)
+            reference = metrics.base_reference(
+                editor, records, scorers, cfg.batch_size, cfg.free_max_tokens
+            )
         base_seconds = time.perf_counter() - start
         if state is None:
             result = res.header(
@@ -249,10 +260,12 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
                     ends.append((t // cfg.save_every + 1) * cfg.save_every)
                 stop = min(ends)
             start = time.perf_counter()
-            if cfg.edit_batch > 1:
-                editor.apply_batch(records[t:stop])
-            else:
-                editor.apply_many(records[t:stop])
+            with warnings.catch_warnings():  # counted in the checkpoint entry instead
+                warnings.simplefilter("ignore", NotConvergedWarning)
+                if cfg.edit_batch > 1:
+                    editor.apply_batch(records[t:stop])
+                else:
+                    editor.apply_many(records[t:stop])
             state["edit_seconds"] += time.perf_counter() - start
             bar.update(stop - t)
             start = time.perf_counter()
@@ -281,6 +294,8 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
             )
             if hasattr(editor, "codebook"):
                 entry["codebook_size"] = len(editor.codebook)
+            if any("converged" in e for e in editor.edits):
+                entry["not_converged"] = sum(e.get("converged") is False for e in editor.edits)
             entry["peak_rss_mb"] = res.peak_rss_mb()
             state["eval_seconds"] = 0.0
             state["done"] = n
@@ -300,6 +315,8 @@ def _postfix(entry: dict) -> dict:
         ("teacher_forced", "op", "tf_op"),
         ("generation", "op", "greedy_op"),
         ("generation", "rel_em", "greedy_rel_em"),
+        ("free_generation", "op", "free_op"),
+        ("free_generation", "rel_degenerate", "free_rel_degenerate"),
     ):
         value = entry.get(label, {}).get(key)
         if value is not None:

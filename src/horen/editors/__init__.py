@@ -1,7 +1,7 @@
 """Editing methods, one module each, registered by name in :data:`METHODS`."""
 
 from .alphaedit import AlphaEdit, AlphaEditConfig
-from .base import METHODS, Editor, EditorConfig, get_method, register
+from .base import METHODS, Editor, EditorConfig, NotConvergedWarning, get_method, register
 from .ft import FTL, FTM, FTConfig
 from .grace import GRACE, GRACEConfig
 from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
@@ -31,6 +31,7 @@ __all__ = [
     "HoReNMultiStep",
     "HoReNUnnormalized",
     "MEMITConfig",
+    "NotConvergedWarning",
     "ROMEConfig",
     "UltraEdit",
     "UltraEditConfig",

@@ -31,6 +31,7 @@ from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data.record import EditRecord
 from ..layer import PromptContext
@@ -40,6 +41,11 @@ from ..text import Batch, encode_prompt, pool_positions
 FORMAT = "horen-edits/1"
 METHODS: dict[str, type[Editor]] = {}
 """Method name -> editor class. Filled by :func:`register`."""
+
+
+class NotConvergedWarning(UserWarning):
+    """An edit's training ended above its ``converge_loss``: it is stored, and marked
+    ``converged: False`` in the edit log, but the model may not answer its target."""
 
 
 def register(cls: type[Editor]) -> type[Editor]:
@@ -266,6 +272,7 @@ class Editor(ABC):
         max_new_tokens: int | Sequence[int] = 32,
         use_cache: bool = True,
         return_ids: bool = False,
+        stop_at_newline: bool = False,
     ):
         """Greedy answers of the edited model.
 
@@ -278,6 +285,9 @@ class Editor(ABC):
                 never depends on the prompts batched with it.
             use_cache: KV cache on (the default) or off; both give the same tokens.
             return_ids: return each answer's new token ids (cut to its budget) instead of text.
+            stop_at_newline: end each answer at its first newline after some text (a
+                newline before any text is skipped), as well as at the end-of-sequence
+                token; the free-generation scorer's answers (:mod:`horen.metrics.free`).
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
@@ -294,6 +304,7 @@ class Editor(ABC):
         pools = [pool_positions(self.tokenizer, p, chat) if chat else [1] * len(i) for p, i in zip(prompts, ids)]
         pool = torch.tensor([[0] * (width - len(q)) + q for q in pools], device=self.device)
         ctx = PromptContext(mask, pool_mask=pool, reapply=not use_cache)
+        stop = StoppingCriteriaList([NewlineStop(self.tokenizer, width)]) if stop_at_newline else None
         with self.prompt_context(ctx):
             out = self.model.generate(
                 input_ids=input_ids,
@@ -302,13 +313,22 @@ class Editor(ABC):
                 do_sample=False,
                 use_cache=use_cache,
                 pad_token_id=pad,
+                stopping_criteria=stop,
             )
         new_ids = [row[width : width + k] for row, k in zip(out, budgets)]
         if return_ids:
             rows = [row.tolist() for row in new_ids]
             return rows[0] if single else rows
-        texts = [t.strip() for t in self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
+        texts = [self._answer_text(row.tolist(), stop_at_newline) for row in new_ids]
         return texts[0] if single else texts
+
+    def _answer_text(self, ids: list[int], stop_at_newline: bool) -> str:
+        """An answer's text: cut at its first end-of-sequence token (and newline after text)."""
+        ends = self.model.generation_config.eos_token_id
+        ends = set(ends if isinstance(ends, list) else [ends]) - {None}
+        cut = next((k for k, t in enumerate(ids) if t in ends), len(ids))
+        text = self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
+        return text.split("\n", 1)[0].strip() if stop_at_newline else text
 
     # ---- save / load ---------------------------------------------------------------------
     def identity(self) -> dict:
@@ -378,6 +398,20 @@ class Editor(ABC):
 
     def close(self) -> None:
         """Detach the editor from the model (the base model is left as it was loaded)."""
+
+
+class NewlineStop(StoppingCriteria):
+    """Generation stopping rule: a row is done once its new text holds a newline after some
+    non-blank text (a ``transformers`` stopping criterion; the end-of-sequence token is
+    handled by ``generate`` itself)."""
+
+    def __init__(self, tokenizer, width: int) -> None:
+        self.tokenizer, self.width = tokenizer, width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        done = ["\n" in t.lstrip() for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -27,8 +27,8 @@ from ..codebook import Codebook
 from ..layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
 from ..models import get_module, set_module
 from ..suffix import Suffix
-from ..text import Batch, make_batch
-from .base import Editor, EditorConfig
+from ..text import Batch, answer_end_ids, make_batch
+from .base import Editor, EditorConfig, NotConvergedWarning
 
 
 @dataclasses.dataclass
@@ -36,12 +36,16 @@ class TrainConfig(EditorConfig):
     """Value-training settings shared by the codebook editors."""
 
     lr: float = dataclasses.field(default=1.0, metadata={"help": "Adam learning rate"})
-    max_steps: int = dataclasses.field(default=50, metadata={"help": "Adam steps per edit, at most"})
+    max_steps: int = dataclasses.field(
+        default=200, metadata={"help": "Adam steps per edit, at most (the paper: 50)"}
+    )
     early_stop: bool = dataclasses.field(
         default=True,
         metadata={"help": "stop when loss < stop_loss or no gain for `patience` steps"},
     )
-    stop_loss: float = dataclasses.field(default=1e-2, metadata={"help": "early-stop loss"})
+    stop_loss: float = dataclasses.field(
+        default=0.05, metadata={"help": "early-stop loss (the reference: 0.01)"}
+    )
     patience: int = dataclasses.field(default=3, metadata={"help": "steps without improvement"})
     value_init: str = dataclasses.field(
         default="zero", metadata={"help": "'zero', or 'cold' (uniform [0,1), the reference's)"}
@@ -51,6 +55,18 @@ class TrainConfig(EditorConfig):
     truncate: bool = dataclasses.field(
         default=True,
         metadata={"help": "train values through layers L..end only (False: the full model)"},
+    )
+    answer_end: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "trained after each target so the answer stops there: 'auto' (chat: the "
+            "template's end-of-turn token; plain: the end-of-sequence token), 'none' (the "
+            "paper: nothing, answers run on), or a stop string"
+        },
+    )
+    converge_loss: float = dataclasses.field(
+        default=0.1,
+        metadata={"help": "an edit whose final loss is above this is reported as not converged"},
     )
     micro_batch: int | None = dataclasses.field(
         default=None,
@@ -62,6 +78,8 @@ class TrainConfig(EditorConfig):
             raise ValueError(f"value_init must be 'zero' or 'cold', not {self.value_init!r}")
         if self.value not in ("direct", "lora"):
             raise ValueError(f"value must be 'direct' or 'lora', not {self.value!r}")
+        if not self.answer_end:
+            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
         if self.lr <= 0 or self.max_steps < 1 or self.patience < 1:
             raise ValueError("lr must be > 0, max_steps and patience >= 1")
 
@@ -140,6 +158,7 @@ class CodebookEditor(SwappedLayerEditor):
         self.layer = CodebookLayer(base, self)
         set_module(model, site.path, self.layer)
         self.suffix = Suffix(model, site)
+        self.end_ids = answer_end_ids(tokenizer, self.config.chat, self.config.answer_end)
         self.undo: dict[str, torch.Tensor] = {}
         self._tail_ok: bool | None = None  # does the cached-prefix training match? (checked once)
 
@@ -200,7 +219,9 @@ class CodebookEditor(SwappedLayerEditor):
     def _apply_batch(self, records) -> list[dict]:
         chat = self.config.chat
         prompts, targets = [r.prompt for r in records], [r.target for r in records]
-        batch = make_batch(self.tokenizer, self.model, prompts, targets, chat).to(self.device)
+        batch = make_batch(
+            self.tokenizer, self.model, prompts, targets, chat, end_ids=self.end_ids
+        ).to(self.device)
         captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
         q = self.query(self.read_acts(captured, batch), PromptContext.of(batch))
         plan, wave_of = [], {}
@@ -220,7 +241,19 @@ class CodebookEditor(SwappedLayerEditor):
             for k, i in enumerate(idx):
                 self.codebook.set_value(plan[i][0], values[k])
                 plan[i][1].update(stats[k])
-        return [info for _, info, _ in plan]
+        infos = [info for _, info, _ in plan]
+        stuck = [(r.prompt, info["loss"]) for r, info in zip(records, infos) if not info["converged"]]
+        if stuck:
+            shown = "; ".join(f"{p!r} (loss {loss:.3g})" for p, loss in stuck[:3])
+            more = f" and {len(stuck) - 3} more" if len(stuck) > 3 else ""
+            warnings.warn(
+                f"{len(stuck)} of {len(records)} edits did not converge (final loss above "
+                f"converge_loss={self.config.converge_loss}): {shown}{more}; they are stored "
+                "and marked converged=False in the edit log",
+                NotConvergedWarning,
+                stacklevel=3,
+            )
+        return infos
 
     def read_acts(self, captured, batch: Batch) -> torch.Tensor:
         """W's input over the whole sequence, from the activations entering layer L."""
@@ -249,7 +282,8 @@ class CodebookEditor(SwappedLayerEditor):
 
         Returns:
             ``(values, stats)``: the kept values ``(B, ...)`` (the best seen with early
-            stopping, else the last) and per-row ``{"steps", "loss_start", "loss"}``.
+            stopping, else the last) and per-row ``{"steps", "loss_start", "loss",
+            "converged"}`` (converged: the loss is at most ``converge_loss``).
         """
         cfg = self.config
         truncated = cfg.truncate if truncated is None else truncated
@@ -284,7 +318,12 @@ class CodebookEditor(SwappedLayerEditor):
         if not cfg.early_stop:  # the reference keeps the last value (loss: before its step)
             best, best_value = current, value.detach().clone()
         stats = [
-            {"steps": int(steps[b]), "loss_start": round(float(start[b]), 5), "loss": round(float(best[b]), 5)}
+            {
+                "steps": int(steps[b]),
+                "loss_start": round(float(start[b]), 5),
+                "loss": round(float(best[b]), 5),
+                "converged": bool(best[b] <= cfg.converge_loss),
+            }
             for b in range(n_b)
         ]
         return best_value, stats
@@ -311,7 +350,8 @@ class CodebookEditor(SwappedLayerEditor):
         """
         if self._tail_ok is False:
             return self._full_forward(batch)
-        tail = self.suffix.tail(batch, self.tokenizer.pad_token_id or 0)
+        with self.disabled():  # the prefix as inference sees it: no value before the last token
+            tail = self.suffix.tail(batch, self.tokenizer.pad_token_id or 0)
 
         def forward(values):
             if values is None:

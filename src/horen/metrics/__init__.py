@@ -16,6 +16,11 @@ into the numbers a results file holds. Four scorers, each named in every result 
   position the answer does not reach scores 0); exact match (:func:`answer_match`) compares the
   SQuAD-normalized answer, cut where the target ends, with the normalized target. Loc = fraction of
   the locality answer's length where the edited model generates the base model's token.
+* ``"free_generation"`` (:func:`score_free`, :mod:`.free`): the whole answer a user reads.
+  Each prompt is decoded greedily until the model ends its answer (end-of-sequence, a newline
+  after text, or ``FREE_BUDGET`` tokens); Rel/Gen = the answer starts with the target
+  (normalized), with ``mention`` (in the first sentence) and ``degenerate`` (the answer
+  repeats itself) beside them; Loc = the locality answer is exactly the base model's.
 * ``"probes"`` (:func:`score_probes`): teacher-forced answer accuracy of each extra probe set
   a record carries (``extra``: portability, personas, multi-hop, neighbourhood), one mean per
   set, in a pass of its own (the other scorers' batches are unchanged); never part of OP.
@@ -48,6 +53,16 @@ from .compare import (
     normalize_answer,
     token_accuracy,
 )
+from .free import (
+    FREE_BUDGET,
+    first_sentence,
+    free_answers,
+    is_degenerate,
+    judge,
+    mentions,
+    score_free,
+    starts_with,
+)
 from .scorers import (
     EM_SLACK,
     AnswerMemo,
@@ -78,6 +93,7 @@ __all__ = [
     "DECODED",
     "DECODING_VERSION",
     "EM_SLACK",
+    "FREE_BUDGET",
     "NOTES",
     "OP_KEYS",
     "SCORERS",
@@ -95,26 +111,39 @@ __all__ = [
     "by_length",
     "default_embedder",
     "exact_match",
+    "first_sentence",
     "fraction_equal",
+    "free_answers",
     "generate_answers",
     "generate_ids",
     "geometric_mean",
     "group",
+    "is_degenerate",
+    "judge",
     "mean",
+    "mentions",
     "normalize_answer",
     "old_decoding",
     "probe_sets",
+    "score_free",
     "score_generation",
     "score_probes",
     "score_teacher_forced",
     "score_unke",
+    "starts_with",
     "summarize",
     "target_predictions",
     "text_scores",
     "token_accuracy",
 ]
 
-SCORERS = {"tf": "teacher_forced", "gen": "generation", "unke": "unke", "probes": "probes"}
+SCORERS = {
+    "tf": "teacher_forced",
+    "gen": "generation",
+    "free": "free_generation",
+    "unke": "unke",
+    "probes": "probes",
+}
 """Short scorer name (CLI) -> the label used in results files."""
 
 DECODING_VERSION = 2
@@ -146,6 +175,16 @@ NOTES = {
         "agreement with the base model's greedy tokens over the locality answer's length; "
         "op = geometric mean of rel_acc, gen_acc, loc"
     ),
+    "free_generation": (
+        "greedy decoding (KV cache) until end-of-sequence, a newline after text, or the token "
+        "budget; *_hit = the SQuAD-normalized answer starts with the normalized target (whole "
+        "words); *_mention = the target appears in the answer's first sentence; *_degenerate "
+        "= the answer repeats itself (a 1-6 word span three times in a row, a 2+ character "
+        "piece three times inside a word, or 12+ digits in a row); loc = the locality answer "
+        "equals the base model's exactly; loc_true / base_loc_true = the edited / base locality "
+        "answer mentions the record's locality answer; op = geometric mean of rel_hit, "
+        "gen_hit, loc"
+    ),
     "probes": (
         "teacher-forced argmax accuracy over the answer tokens of each record's extra probes, "
         "one mean per probe set (ZsRE/KnowEdit portability, WikiBigEdit personas and multi-hop, "
@@ -161,11 +200,16 @@ NOTES = {
 
 
 # ---- aggregation ----------------------------------------------------------------------------
-OP_KEYS = {"teacher_forced": ("rel", "gen", "loc"), "generation": ("rel_acc", "gen_acc", "loc")}
+OP_KEYS = {
+    "teacher_forced": ("rel", "gen", "loc"),
+    "generation": ("rel_acc", "gen_acc", "loc"),
+    "free_generation": ("rel_hit", "gen_hit", "loc"),
+}
 
 SCORE_FUNCTIONS = {
     "teacher_forced": score_teacher_forced,
     "generation": score_generation,
+    "free_generation": score_free,
     "unke": score_unke,
     "probes": score_probes,
 }

@@ -19,6 +19,7 @@ from .compare import (
     normalize_answer,
     token_accuracy,
 )
+from .free import FREE_BUDGET, free_answers
 
 EM_SLACK = 4
 """Extra greedy tokens decoded beyond the target's length for exact match (a differently
@@ -33,14 +34,17 @@ class BaseReference:
     Attributes:
         tf_loc: per record, the base argmax ids at the locality answer positions (or None).
         gen_loc: per record, the base greedy ids over the locality answer's length (or None).
+        free_loc: per record, the base model's free answer to the locality prompt (or None;
+            :mod:`horen.metrics.free`).
     """
 
     tf_loc: list[torch.Tensor | None] = field(default_factory=list)
     gen_loc: list[list[int] | None] = field(default_factory=list)
+    free_loc: list[str | None] = field(default_factory=list)
 
     def __getitem__(self, index: slice) -> BaseReference:
         """The reference of a slice of the records (``ref[:n]``, ``ref[t : t + 1]``)."""
-        return BaseReference(self.tf_loc[index], self.gen_loc[index])
+        return BaseReference(self.tf_loc[index], self.gen_loc[index], self.free_loc[index])
 
 
 def _chat(editor) -> bool:
@@ -64,9 +68,10 @@ def base_reference(
     records: Sequence[EditRecord],
     scorers: Sequence[str] = ("tf", "gen"),
     batch_size: int = 16,
+    free_max_tokens: int = FREE_BUDGET,
 ) -> BaseReference:
     """The base model's locality predictions for ``records`` (run inside ``editor.disabled()``)."""
-    ref = BaseReference([None] * len(records), [None] * len(records))
+    ref = BaseReference(*([None] * len(records) for _ in range(3)))
     idx = _loc_items(records)
     prompts = [records[i].locality_prompt for i in idx]
     answers = [records[i].locality_answer for i in idx]
@@ -78,6 +83,9 @@ def base_reference(
             lengths = _loc_lengths(editor, records, idx)
             for i, ids in zip(idx, generate_ids(editor, prompts, lengths, batch_size)):
                 ref.gen_loc[i] = ids
+        if "free" in scorers:
+            for i, text in zip(idx, free_answers(editor, prompts, free_max_tokens, batch_size)):
+                ref.free_loc[i] = text
     return ref
 
 
