@@ -68,9 +68,33 @@ def test_wise_and_ultraedit_edit_the_embedded_model(smollm, method, settings):
         ed.close()
 
 
+@pytest.mark.parametrize("chat", [True, False])
+def test_edited_answers_stop_after_the_target(smollm, chat):
+    """Free answers (until the model ends them) to the edit prompt and its paraphrase are the
+    target, whole and not repeated, and an unrelated prompt answers as the base model does."""
+    from horen.demo import FACTS, UNRELATED
+    from horen.metrics import free_answers, is_degenerate, starts_with
+
+    model, tok = smollm
+    ed = horen.HoReN(model, tok, chat=chat)
+    try:
+        before = free_answers(ed, UNRELATED)
+        for prompt, target, _, _ in FACTS[:3]:
+            ed.edit(prompt, target)
+        assert all(e["converged"] for e in ed.edits), ed.edits
+        prompts = [f[i] for f in FACTS[:3] for i in (0, 2)]
+        answers = free_answers(ed, prompts)
+        for answer, target in zip(answers, [f[1] for f in FACTS[:3] for _ in (0, 2)]):
+            assert starts_with(answer, target) and not is_degenerate(answer), answers
+        assert free_answers(ed, UNRELATED) == before
+    finally:
+        ed.close()
+
+
 def test_demo_runs(smollm, capsys):
     from horen.cli import main
 
     assert main(["demo", "--n", "2", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count("after:") == 6 and "time per edit" in out
+    assert out.count("after:") == 8 and "time per edit" in out
+    assert out.count("tally:") == 4 and out.count("verdict:") == 2

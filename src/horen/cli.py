@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_edits)
 
     p = sub.add_parser("demo", parents=[common], help="edit the embedded model, show before/after")
-    p.add_argument("--n", type=int, default=10, help="number of edits")
-    p.add_argument("--data-root", help="folder holding zsre/ (default ../shared/data)")
+    p.add_argument("--n", type=int, default=10, choices=range(1, 11), metavar="1..10",
+                   help="number of built-in edits")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("calibrate", parents=[common], help="choose tau for a model")
