@@ -82,3 +82,12 @@ def test_folded_weight_edits_are_listed_and_not_removed(model_dir, tmp_path, cap
     assert "folded" in capsys.readouterr().err
     assert (tmp_path / "edits" / "edit_config.json").read_text() == before
     assert main(["edits", "remove", "2", "--edits", edits]) == 0
+
+
+def test_an_edit_that_did_not_converge_says_so(model_dir, tmp_path, capsys):
+    edits = str(tmp_path / "edits")
+    assert main(["edit", "--model", model_dir, "--edits", edits, "--prompt", P1,
+                 "--target", "Mira Quell", "--set", "max_steps=1", "--set", "lr=1e-4"]) == 0
+    assert "NOT CONVERGED (loss " in capsys.readouterr().out
+    assert main(["edits", "list", "--edits", edits]) == 0
+    assert "(NOT converged)" in capsys.readouterr().out

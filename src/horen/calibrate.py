@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .codebook import NO_MATCH, normalize, pool, refine, route_cosine
+from .codebook import NO_MATCH, normalize, pool, refine, route_anchored, route_cosine
 from .text import make_batch
 
 DEFAULT_TAUS = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))  # 0.5 .. 0.975
@@ -114,6 +114,115 @@ def sweep(editor, records, taus=DEFAULT_TAUS, pool_ratios=(None,), batch_size: i
             rows.append(row)
     best = max(rows, key=lambda r: (0 if math.isnan(r.op) else r.op, r.tau))
     return rows, best
+
+
+@dataclass
+class EntityRow:
+    """One setting of the entity-anchored router (``horen-entity``) and its routing rates."""
+
+    anchor_layer: int
+    tau: float
+    anchor_tau: float
+    rel: float
+    gen: float
+    loc: float
+    entries: int
+
+    @property
+    def op(self) -> float:
+        return (self.rel * self.gen * self.loc) ** (1 / 3)
+
+
+DEFAULT_ANCHOR_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@torch.no_grad()
+def entity_queries(editor, prompts: list[str], batch_size: int = 32):
+    """Per prompt ``(pooled (d_ff,), tokens (n, d_a))`` of a horen-entity editor."""
+    pooled, tokens = [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="reading queries", leave=False):
+        q = editor.queries(prompts[start : start + batch_size])
+        pooled.append(q.pooled.cpu())
+        tokens += [t[m].cpu() for t, m in zip(q.tokens, q.mask)]
+    return torch.cat(pooled), tokens
+
+
+def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, batch_size: int = 32):
+    """Routing of ``horen-entity`` for each (anchor layer, tau, anchor_tau): ``(rows, best)``.
+
+    The codebook is written as the editor writes it (HoReN's three cases, decided by the
+    two-gate match of :func:`horen.codebook.route_anchored`), one entry per new edit with
+    its subject's anchor; rel/gen/loc are then routing rates on the final codebook, as in
+    :func:`sweep`. ``editor_for(layer)`` builds the editor for one anchor layer.
+    """
+    prompts = [r.prompt for r in records]
+    probes = [(p, r.target) for r in records for p in r.rephrases[:1]]
+    locs = [r.locality_prompt for r in records if r.locality_prompt]
+    n, m = len(prompts), len(probes)
+    rows = []
+    for layer in anchor_layers:
+        editor = editor_for(layer)
+        try:
+            cfg = editor.config
+            hop = {"beta": cfg.beta, "alpha": cfg.alpha, "steps": cfg.hopfield_steps,
+                   "eps": cfg.hopfield_eps}
+            pooled, tokens = entity_queries(editor, prompts + [p for p, _ in probes] + locs,
+                                            batch_size)
+            positions = editor.subject_positions(records)
+            # the anchor of an edit: its prompt's activation at the subject's last token (the
+            # tokens kept are those of the pooling mask: count the ones before that position)
+            masks = [make_batch(editor.tokenizer, editor.model, [p], chat=cfg.chat).pool_mask[0]
+                     for p in prompts]
+            subjects = torch.stack(
+                [tokens[i][int(masks[i][: positions[i]].sum())] for i in range(n)]
+            )
+        finally:
+            editor.close()
+        for tau in taus:
+            for anchor_tau in anchor_taus:
+                row = _simulate_entity(pooled, tokens, subjects, [r.target for r in records],
+                                       [t for _, t in probes], n, m, tau, anchor_tau, hop)
+                rows.append(EntityRow(layer, tau, anchor_tau, *row))
+    best = max(rows, key=lambda r: (0 if math.isnan(r.op) else r.op, r.tau, r.anchor_tau))
+    return rows, best
+
+
+def _simulate_entity(pooled, tokens, subjects, labels, probe_labels, n, m, tau, anchor_tau, hop):
+    keys = pooled.new_zeros(0, pooled.shape[1])
+    anchors = subjects.new_zeros(0, subjects.shape[1])
+    entry_labels: list[str] = []
+
+    def match(idx):
+        return route_anchored(pooled[idx], [tokens[i] for i in idx], keys, anchors, tau,
+                              anchor_tau, **hop).tolist()
+
+    for i in range(n):
+        row = match([i])[0]
+        if row == NO_MATCH or entry_labels[row] != labels[i]:
+            keys = torch.cat([keys, pooled[i][None]])
+            anchors = torch.cat([anchors, subjects[i][None]])
+            entry_labels.append(labels[i])
+
+    def hit_rate(idx, want):
+        got = match(idx)
+        return sum(r != NO_MATCH and entry_labels[r] == w for r, w in zip(got, want)) / len(want)
+
+    rel = hit_rate(list(range(n)), labels)
+    gen = hit_rate(list(range(n, n + m)), probe_labels) if m else float("nan")
+    loc_idx = list(range(n + m, len(tokens)))
+    loc = sum(r == NO_MATCH for r in match(loc_idx)) / len(loc_idx) if loc_idx else float("nan")
+    return rel, gen, loc, len(entry_labels)
+
+
+def format_entity_table(rows: list[EntityRow], best: EntityRow) -> str:
+    lines = ["anchor_layer    tau  anchor_tau    rel    gen    loc     op  entries"]
+    for r in rows:
+        mark = "  <- chosen" if r is best else ""
+        lines.append(
+            f"{r.anchor_layer:12d} {r.tau:6.3f} {r.anchor_tau:11.3f} {r.rel:6.3f} {r.gen:6.3f} "
+            f"{r.loc:6.3f} {r.op:6.3f} {r.entries:8d}{mark}"
+        )
+    return "\n".join(lines)
 
 
 def format_table(rows: list[SweepRow], best: SweepRow) -> str:

@@ -70,15 +70,30 @@ def cmd_edit(args) -> int:
             raise SystemExit("horen edit needs --prompt and --target (or --from FILE)")
         from .data.record import EditRecord
 
-        records = [EditRecord(prompt=args.prompt, target=args.target)]
+        records = [EditRecord(prompt=args.prompt, target=args.target, subject=args.subject)]
+    import warnings
+
+    from .editors import NotConvergedWarning
+
     for record in records:
-        eid = editor.apply(record)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotConvergedWarning)  # said on the line below
+            eid = editor.apply(record)
         e = editor.edits[-1]
         print(f"edit {eid}: {record.prompt!r} -> {record.target!r} "
-              f"({e.get('case', '')}, {e['seconds']:.2f} s)")
+              f"({e.get('case', '')}, {e['seconds']:.2f} s{_training(e)})")
     editor.save(args.edits)
     print(f"saved {len(editor.edits)} edits to {args.edits}")
     return 0
+
+
+def _training(edit: dict) -> str:
+    """``, loss 0.02`` or ``, NOT CONVERGED (loss 1.8 after 200 steps)`` for a trained edit."""
+    if "converged" not in edit:
+        return ""
+    if edit["converged"]:
+        return f", loss {edit['loss']:.3g}"
+    return f", NOT CONVERGED (loss {edit['loss']:.3g} after {edit['steps']} steps)"
 
 
 def cmd_generate(args) -> int:
@@ -98,6 +113,7 @@ def cmd_edits(args) -> int:
         print(f"{len(meta['edits'])} {meta['method']} edits on {meta['model']['name']}")
         for e in meta["edits"]:
             folded = "  (folded: no rollback)" if e.get("folded") else ""
+            folded += "  (NOT converged)" if e.get("converged") is False else ""
             print(f"{e['id']:>6}  {e['time']}  entry {e.get('entry', '-'):>5}  "
                   f"{e['prompt']!r} -> {e['target']!r}{folded}")
         return 0
@@ -113,6 +129,9 @@ def cmd_edits(args) -> int:
 def cmd_calibrate(args) -> int:
     import horen
 
+    if args.method == "horen-entity":
+        return _calibrate_entity(args)
+
     from .calibrate import DEFAULT_TAUS, format_table, sweep
     from .data import load_dataset
 
@@ -125,6 +144,30 @@ def cmd_calibrate(args) -> int:
     print(f"\nchosen: tau={best.tau} pool_ratio={best.pool_ratio} "
           f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f}, {len(records)} "
           f"{args.dataset} records)")
+    return 0
+
+
+def _calibrate_entity(args) -> int:
+    import horen
+
+    from .calibrate import DEFAULT_ANCHOR_TAUS, format_entity_table, sweep_entity
+    from .data import load_dataset
+
+    model, tok = horen.load_model(args.model, device=args.device, dtype=args.dtype)
+    records = load_dataset(args.dataset, n=args.offset + args.n, data_root=args.data_root).records
+    records = records[args.offset :]
+    cls = horen.get_method("horen-entity")
+
+    def editor_for(layer):
+        return cls(model, tok, chat=args.chat, anchor_layer=layer)
+
+    layers = args.anchor_layers or [editor_for(None).anchor_layer]
+    rows, best = sweep_entity(editor_for, records, layers, args.taus or (0.5, 0.6, 0.7, 0.775),
+                              args.anchor_taus or DEFAULT_ANCHOR_TAUS)
+    print(format_entity_table(rows, best))
+    print(f"\nchosen: anchor_layer={best.anchor_layer} tau={best.tau} anchor_tau={best.anchor_tau} "
+          f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f}, {len(records)} "
+          f"{args.dataset} records from {args.offset})")
     return 0
 
 
@@ -164,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("edit", parents=[common, edits], help="apply edits, save the edit set")
     p.add_argument("--prompt")
     p.add_argument("--target")
+    p.add_argument("--subject", help="the subject span in the prompt (horen-entity keys on it; "
+                   "default: inferred, see horen.subject)")
     p.add_argument("--from", dest="from_file", help="a dataset file of edits (JSON/JSONL/CSV)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed records")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting")
@@ -190,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--taus", type=float, nargs="+")
     p.add_argument("--pool-ratios", type=float, nargs="+")
+    p.add_argument("--method", default="horen", choices=["horen", "horen-entity"],
+                   help="horen: sweep tau (and rho); horen-entity: anchor layer x tau x anchor_tau")
+    p.add_argument("--anchor-layers", type=int, nargs="+", help="horen-entity anchor layers")
+    p.add_argument("--anchor-taus", type=float, nargs="+", help="horen-entity anchor thresholds")
+    p.add_argument("--offset", type=int, default=0, help="skip the first K records (held out)")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--data-root")
     p.set_defaults(func=cmd_calibrate)

@@ -6,8 +6,10 @@ Spec (``HOREN_SPEC.md``) to code:
   :func:`normalize` (q = q_raw / ||q_raw||);
 * the damped Hopfield step: :func:`refine`
   (p = softmax(beta K q), xi = normalize(K^T p), q <- normalize((1-alpha) q + alpha xi));
-* the match: :func:`route_cosine` (scores = K q, match iff max > tau) for HoReN and
-  :func:`route_euclid` (nearest key inside its deferral radius) for GRACE;
+* the match: :func:`route_cosine` (scores = K q, match iff max > tau) for HoReN,
+  :func:`route_euclid` (nearest key inside its deferral radius) for GRACE and
+  :func:`route_anchored` (cosine > tau AND the entry's subject anchor found among the
+  query's tokens) for horen-entity;
 * the storage: :class:`Codebook`, keys in one contiguous float32 matrix that grows
   geometrically, one value per entry, a label (target string) and a stable id per entry.
 """
@@ -110,6 +112,42 @@ def route_euclid(q: torch.Tensor, keys: torch.Tensor, radii: torch.Tensor):
     dist = torch.cdist(q, keys)
     best, index = dist.min(dim=-1)
     return torch.where(best <= radii[index], index, NO_MATCH), best
+
+
+def route_anchored(
+    q: torch.Tensor,
+    tokens: list[torch.Tensor],
+    keys: torch.Tensor,
+    anchors: torch.Tensor,
+    tau: float,
+    anchor_tau: float,
+    **hopfield,
+) -> torch.Tensor:
+    """horen-entity: the relation gate AND the entity gate (:mod:`horen.editors.anchor`).
+
+    Args:
+        q: ``(B, d)`` unit pooled queries; refined by :func:`refine` (``**hopfield``: beta,
+            alpha, steps, eps), then scored by cosine against ``keys`` ``(K, d)``.
+        tokens: per query, its ``(n_b, d_a)`` unit anchor-layer activations.
+        anchors: ``(K, d_a)`` unit anchors, one per key.
+
+    Returns:
+        ``(B,)`` rows: among the entries with relation score ``> tau`` and some token of
+        cosine ``> anchor_tau`` with their anchor, the best relation score; else ``NO_MATCH``.
+    """
+    out = torch.full((q.shape[0],), NO_MATCH, dtype=torch.long, device=q.device)
+    if keys.shape[0] == 0:
+        return out
+    scores = refine(q, keys, **hopfield) @ keys.T
+    for b in range(q.shape[0]):
+        cand = (scores[b] > tau).nonzero().flatten()
+        if not len(cand) or not len(tokens[b]):
+            continue
+        entity = (anchors[cand] @ tokens[b].T).max(dim=1).values
+        cand = cand[entity > anchor_tau]
+        if len(cand):
+            out[b] = cand[scores[b, cand].argmax()]
+    return out
 
 
 def _empty_route(q: torch.Tensor):

@@ -1,6 +1,7 @@
 """Editing methods, one module each, registered by name in :data:`METHODS`."""
 
 from .alphaedit import AlphaEdit, AlphaEditConfig
+from .anchor import EntityConfig, EntityHoReN
 from .base import METHODS, Editor, EditorConfig, NotConvergedWarning, get_method, register
 from .ft import FTL, FTM, FTConfig
 from .grace import GRACE, GRACEConfig
@@ -23,6 +24,8 @@ __all__ = [
     "AlphaEditConfig",
     "Editor",
     "EditorConfig",
+    "EntityConfig",
+    "EntityHoReN",
     "FTConfig",
     "GRACEConfig",
     "GraceNorm",

@@ -1,0 +1,170 @@
+"""horen-entity: HoReN whose entries also need their subject in the query (tiny models)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import build
+
+import horen
+from horen.editors import EntityHoReN, NotConvergedWarning
+from horen.subject import infer_subject, subject_last_token, subject_span
+from horen.text import format_prompt, make_batch
+
+P1, S1, T1 = "Who leads Zorblat Industries?", "Zorblat Industries", "Paris"
+P2, S2 = "Who leads Veltria?", "Veltria"  # the same relation, another subject
+P3 = "Which river flows through Zorblat Industries?"  # the same subject, another relation
+
+pytestmark = pytest.mark.filterwarnings("ignore::horen.NotConvergedWarning")
+
+
+@pytest.mark.parametrize("prompt,subject", [
+    ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+    ("When was the inception of IAAF Combined Events Challenge?", "IAAF Combined Events Challenge"),
+    ("Which family does Ramalinaceae belong to?", "Ramalinaceae"),
+    ("The official religion of Edwin of Northumbria is", "Edwin of Northumbria"),
+    ("What is the family name of Thomas A. Szlezák?", "Thomas A. Szlezák"),
+    ("iCloud is created by", "iCloud"),
+    ("home counties is within", "home counties"),
+    ("who is the river in the north", "river"),  # a tie in length: the earlier run
+])
+def test_infer_subject_rule(prompt, subject):
+    assert infer_subject(prompt) == subject
+
+
+def test_a_subject_not_in_the_prompt_is_an_error():
+    with pytest.raises(ValueError, match="does not occur"):
+        subject_span(P1, "Veltria")
+    model, tok = build("llama")
+    ed = EntityHoReN(model, tok)
+    with pytest.raises(ValueError, match="does not occur"):
+        ed.edit(P1, T1, subject="Veltria")
+    assert len(ed.codebook) == 0 and ed.edits == []
+
+
+def test_subject_token_is_found_in_plain_and_chat_prompts(family):
+    model, tok = build(family)
+    for chat in (False, True):
+        if chat:
+            tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}"
+                                 "<|endoftext|>{% endfor %}{% if add_generation_prompt %}<s>"
+                                 "assistant: {% endif %}")
+        ed = EntityHoReN(model, tok, chat=chat)
+        record = horen.EditRecord(P1, T1, subject=S1)
+        [pos] = ed.subject_positions([record])
+        ids = make_batch(tok, model, [P1], chat=chat).input_ids[0]
+        text = format_prompt(tok, P1, chat)
+        assert tok.decode(ids[pos]).strip() in S1
+        assert tok.decode(ids[: pos + 1]).endswith(text[: text.rfind(S1) + len(S1)][-3:])
+        assert subject_last_token(tok, text, P1, S1) <= pos
+        ed.close()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_the_entity_gate_keeps_same_relation_neighbours_out(family):
+    """With the relation gate wide open (tau = -1), only the subject decides: the edit prompt
+    and a paraphrase naming the subject match; another subject with the same relation does not.
+    (Not the tiny GPT-2: its random learned positions blur a token's identity by layer 1.)"""
+    model, tok = build(family)
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.7, max_steps=5)
+    ed.edit(P1, T1, subject=S1)
+    rows = ed.routes([P1, "Who is in charge of Zorblat Industries?", P2]).tolist()
+    assert rows == [0, 0, -1]
+
+
+def test_the_relation_gate_keeps_other_relations_of_the_subject_out(family):
+    model, tok = build(family)
+    ed = EntityHoReN(model, tok, tau=0.999, anchor_tau=-1.0, max_steps=5)
+    ed.edit(P1, T1, subject=S1)
+    assert ed.routes([P1, P3]).tolist() == [0, -1]
+
+
+def test_unmatched_prompts_are_bit_identical_and_edits_learn(family):
+    model, tok = build(family)
+    batch = make_batch(tok, model, [P2, P1], [T1, T1])
+    with torch.no_grad():
+        base = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.99, max_steps=100, patience=20,
+                     answer_end="none")
+    ed.edit(P1, T1, subject=S1)
+    logits = ed.logits(batch)
+    assert torch.equal(logits[0], base[0])  # a mixed batch: the row that misses is untouched
+    last = int(batch.prompt_mask[1].sum()) - 1
+    assert int(logits[1, last].argmax()) == tok(" " + T1, add_special_tokens=False).input_ids[0]
+
+
+def test_save_load_and_rollback_keep_the_anchors(family, tmp_path):
+    model, tok = build(family)
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.99, max_steps=3)
+    ed.edit(P1, T1, subject=S1)
+    e2 = ed.edit(P2, "Osk", subject=S2)
+    prompts = [P1, P2, P3]
+    before = ed.routes(prompts).tolist()
+    ed.save(tmp_path / "e")
+    ed.close()
+    again = horen.Editor.load(model, tok, tmp_path / "e")
+    assert isinstance(again, EntityHoReN)
+    assert again.routes(prompts).tolist() == before
+    again.remove(e2)
+    assert again.routes([P2]).tolist() == [-1] and set(again.anchors) == {0}
+    again.close()
+
+
+def test_micro_batched_writes_equal_one_at_a_time(family):
+    records = [horen.EditRecord(P1, T1, subject=S1), horen.EditRecord(P2, "Osk", subject=S2),
+               horen.EditRecord(P1, "Nile", subject=S1)]
+    out = []
+    for micro in (1, 3):
+        model, tok = build(family)
+        ed = EntityHoReN(model, tok, tau=0.5, anchor_tau=0.9, max_steps=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            ed.apply_many(records, micro_batch=micro)
+        out.append(([e["case"] for e in ed.edits], ed.anchor_matrix()))
+        ed.close()
+    assert out[0][0] == out[1][0]
+    assert torch.allclose(out[0][1], out[1][1], atol=1e-5)
+
+
+def test_anchor_layer_must_be_below_the_edit_layer():
+    model, tok = build("llama")
+    with pytest.raises(ValueError, match="below the edit layer"):
+        EntityHoReN(model, tok, anchor_layer=3)
+
+
+def test_entity_calibration_writes_and_routes_as_the_editor_does():
+    from horen.calibrate import format_entity_table, sweep_entity
+
+    model, tok = build("llama")
+    records = [
+        horen.EditRecord(P1, T1, rephrases=["Who is in charge of Zorblat Industries?"],
+                         locality_prompt=P2, locality_answer="x", subject=S1),
+        horen.EditRecord("What is the capital of Veltria?", "Osk", rephrases=[P2],
+                         locality_prompt=P3, locality_answer="x", subject=S2),
+    ]
+    rows, best = sweep_entity(lambda layer: EntityHoReN(model, tok, anchor_layer=layer), records,
+                              [0, 1], taus=[-1.0, 0.999], anchor_taus=[-1.0, 0.7])
+    assert len(rows) == 8 and best in rows
+    assert "<- chosen" in format_entity_table(rows, best)
+    # the same decisions as the editor's own writes and routes, for one setting
+    row = next(r for r in rows if (r.anchor_layer, r.tau, r.anchor_tau) == (1, -1.0, 0.7))
+    ed = EntityHoReN(model, tok, anchor_layer=1, tau=-1.0, anchor_tau=0.7, max_steps=1)
+    for r in records:
+        ed.apply(r)
+    routed = ed.routes([r.prompt for r in records]).tolist()
+    labels = [ed.codebook.labels[i] if i >= 0 else None for i in routed]
+    assert row.rel == sum(a == r.target for a, r in zip(labels, records)) / 2
+    assert row.entries == len(ed.codebook)
+    loc = ed.routes([r.locality_prompt for r in records]).tolist()
+    assert row.loc == sum(i == -1 for i in loc) / 2
+
+
+def test_generation_with_and_without_the_cache_agree(family):
+    model, tok = build(family)
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.7, max_steps=5)
+    ed.edit(P1, T1, subject=S1)
+    prompts = [P1, P2, "Who is in charge of Zorblat Industries?"]
+    assert ed.generate(prompts, max_new_tokens=5) == ed.generate(prompts, max_new_tokens=5,
+                                                                 use_cache=False)
