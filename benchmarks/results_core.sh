@@ -108,6 +108,21 @@ fi
 if step zsre; then
   for m in horen grace grace-norm; do bench --method $m --dataset zsre; done
 fi
+if step entity_calibrate; then  # horen-entity's layer and thresholds, on held-out records only
+  # (ZsRE from record 3000, CounterFact from record 5000: the benchmarks use the first 1000)
+  cal=results/calibration
+  $H calibrate --method horen-entity --dataset zsre --n 300 --offset 3000 --threads 2 \
+    --anchor-layers 3 6 9 12 | tee $cal/entity_zsre_offset3000_n300.txt
+  $H calibrate --method horen-entity --dataset counterfact --n 300 --offset 5000 --threads 2 \
+    --anchor-layers 3 6 9 12 | tee $cal/entity_counterfact_offset5000_n300.txt
+fi
+if step entity; then  # horen-entity (issue 26) on the hard-neighbour data, then ZsRE
+  bench --method horen-entity --dataset counterfact --n 1000 --checkpoints 1,10,100,1000
+  bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806
+  bench --method horen --dataset knowedit --checkpoints 1,10,100,806
+  bench --method horen-entity --dataset wikibigedit --n 1000 --checkpoints 1,10,100,1000
+  bench --method horen-entity --dataset zsre --n 1000 --checkpoints 1,10,100,1000
+fi
 # the tables and plots, README's results section included (REPORT=0 skips it: a queue of
 # steps regenerates once at the end, and no run starts with an edited README)
 [ "${REPORT:-1}" = 0 ] || \

@@ -6,6 +6,8 @@ Dataset names (resolved against a data root, see :func:`data_roots`):
 - ``"counterfact"``: ``counterfact/counterfact-edit.json`` (or the ROME ``counterfact.json``).
 - ``"wikibigedit"``: ``wikibigedit/wikibigedit_horen_n1000.json``;
   ``"wikibigedit_locft"``: ``wikibigedit/wikibigedit_locft_3k.json``.
+- ``"knowedit"``: ``knowedit/knowedit_zsre_test_shared.json`` (806 KnowEdit ZsRE test
+  records: their locality prompts ask other relations of the same subject).
 - ``"unke"``: ``unke/final_data_v2.json`` (or ``final_data_v3.json``).
 
 Any other argument is a file path (``.json`` list, ``.jsonl`` or ``.csv``) whose format is
@@ -47,6 +49,7 @@ DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wikibigedit": ("wikibigedit", ("wikibigedit_horen_n1000.json",)),
     "wikibigedit_locft": ("wikibigedit", ("wikibigedit_locft_3k.json",)),
     "unke": ("unke", ("final_data_v2.json", "final_data_v3.json")),
+    "knowedit": ("knowedit", ("knowedit_zsre_test_shared.json",)),
 }
 
 

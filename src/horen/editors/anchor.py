@@ -4,7 +4,8 @@ HoReN routes by one pooled key per edit, so a prompt that shares the edit's rela
 its subject ('What is the capital of France?' after editing Veltria's capital) can match the
 edit. Here every entry also holds an ANCHOR: the activation of the edit's subject at its last
 token, read at an early layer ``anchor_layer`` (the input of that layer's MLP output
-projection, where a name's identity is assembled and little of the question is mixed in yet).
+projection, where a name's identity is assembled and little of the question is mixed in yet;
+default: a tenth of the depth).
 A query matches entry i only if BOTH gates pass:
 
 * the relation gate, HoReN's own: the pooled key after one damped Hopfield step has cosine
@@ -36,13 +37,19 @@ from .horen import HoReN, HoReNConfig
 
 @dataclasses.dataclass
 class EntityConfig(HoReNConfig):
-    """HoReN's settings plus the entity gate's (defaults chosen by ``horen calibrate``)."""
+    """HoReN's settings plus the entity gate's. The defaults (anchor layer 3 of 30, tau 0.7,
+    anchor_tau 0.8) were chosen on the embedded model by ``horen calibrate --method
+    horen-entity`` on held-out ZsRE and CounterFact records (``results/calibration/entity_*``):
+    the best worst-case routing OP of the two; calibrate them for another model."""
 
+    tau: float | None = dataclasses.field(
+        default=0.7, metadata={"help": "relation gate: cosine of the pooled keys; None = HoReN's"}
+    )
     anchor_layer: int | None = dataclasses.field(
-        default=None, metadata={"help": "layer whose MLP input gives anchors; None = 1/5 depth"}
+        default=None, metadata={"help": "layer whose MLP input gives anchors; None = 1/10 depth"}
     )
     anchor_tau: float = dataclasses.field(
-        default=0.7, metadata={"help": "cosine an anchor must reach at some query token"}
+        default=0.8, metadata={"help": "entity gate: cosine an anchor must reach at a query token"}
     )
 
     def __post_init__(self) -> None:
@@ -88,7 +95,7 @@ class EntityHoReN(HoReN):
         super().__init__(model, tokenizer, config, **overrides)
         n_layers = len(get_module(model, self.site.layers_path))
         layer = self.config.anchor_layer
-        self.anchor_layer = max(1, round(n_layers / 5)) if layer is None else layer
+        self.anchor_layer = max(1, round(n_layers / 10)) if layer is None else layer
         if not 0 <= self.anchor_layer < self.site.layer:
             raise ValueError(f"anchor_layer must be below the edit layer {self.site.layer}")
         inside = self.site.path.removeprefix(f"{self.site.layers_path}.{self.site.layer}.")
@@ -97,6 +104,7 @@ class EntityHoReN(HoReN):
         self._hook = self._anchor_module.register_forward_hook(self._read_anchor_acts)
         self._acts: torch.Tensor | None = None
         self.anchors: dict[int, torch.Tensor] = {}  # entry id -> normalized anchor
+        self._matrix: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, 0))
         self._subject_pos: list[int] | None = None
 
     def _read_anchor_acts(self, _module, args, _out) -> None:
@@ -118,10 +126,19 @@ class EntityHoReN(HoReN):
         return Query(pooled, tokens, ctx.pooled[:, :width].bool(), subject)
 
     def anchor_matrix(self) -> torch.Tensor:
-        """``(K, d_a)`` anchors in codebook row order."""
-        if not self.anchors:
-            return torch.zeros(0, 0)
-        return torch.stack([self.anchors[i] for i in self.codebook.ids])
+        """``(K, d_a)`` anchors in codebook row order (kept in step with the codebook: rows
+        added since the last call are appended, a removal rebuilds it)."""
+        ids = self.codebook.ids
+        cached, matrix = self._matrix
+        if cached != ids:
+            if not ids:
+                matrix = torch.zeros(0, 0)
+            elif cached and ids[: len(cached)] == cached:
+                matrix = torch.cat([matrix, torch.stack([self.anchors[i] for i in ids[len(cached):]])])
+            else:
+                matrix = torch.stack([self.anchors[i] for i in ids])
+            self._matrix = (list(ids), matrix)
+        return matrix
 
     def match(self, q: Query) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
