@@ -53,7 +53,7 @@ def test_subject_token_is_found_in_plain_and_chat_prompts(family):
                                  "assistant: {% endif %}")
         ed = EntityHoReN(model, tok, chat=chat)
         record = horen.EditRecord(P1, T1, subject=S1)
-        [pos] = ed.subject_positions([record])
+        [(_, pos)] = ed.subject_positions([record])
         ids = make_batch(tok, model, [P1], chat=chat).input_ids[0]
         text = format_prompt(tok, P1, chat)
         assert tok.decode(ids[pos]).strip() in S1
@@ -122,7 +122,7 @@ def test_micro_batched_writes_equal_one_at_a_time(family):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotConvergedWarning)
             ed.apply_many(records, micro_batch=micro)
-        out.append(([e["case"] for e in ed.edits], ed.anchor_matrix()))
+        out.append(([e["case"] for e in ed.edits], ed.anchor_matrix()[0]))
         ed.close()
     assert out[0][0] == out[1][0]
     assert torch.allclose(out[0][1], out[1][1], atol=1e-5)
@@ -168,3 +168,39 @@ def test_generation_with_and_without_the_cache_agree(family):
     prompts = [P1, P2, "Who is in charge of Zorblat Industries?"]
     assert ed.generate(prompts, max_new_tokens=5) == ed.generate(prompts, max_new_tokens=5,
                                                                  use_cache=False)
+
+
+def test_all_subject_tokens_must_be_found_with_anchor_tokens_all():
+    """'all': one anchor per subject token; a query holding only the subject's last token
+    (another name ending the same way) passes 'last' but not 'all'."""
+    model, tok = build("llama")
+    kwargs = {"tau": -1.0, "anchor_tau": 0.9, "max_steps": 2, "anchor_layer": 0}
+    last = EntityHoReN(model, tok, **kwargs)
+    last.edit(P1, T1, subject=S1)
+    assert last.anchor_matrix()[0].shape[1] == 1
+    probe = "Who leads Industries?"
+    hits_last = last.routes([P1, probe]).tolist()
+    last.close()
+    every = EntityHoReN(model, tok, anchor_tokens="all", **kwargs)
+    every.edit(P1, T1, subject=S1)
+    anchors, mask = every.anchor_matrix()
+    n_subject = len(tok(" " + S1, add_special_tokens=False).input_ids)
+    assert anchors.shape[1] == int(mask.sum()) == n_subject > 1
+    assert every.routes([P1, probe]).tolist() == [0, -1]
+    assert hits_last == [0, 0]
+    every.close()
+
+
+def test_route_anchored_takes_the_min_over_anchors_of_the_max_over_tokens():
+    from horen.codebook import route_anchored
+
+    e = torch.eye(4)
+    keys = e[:1]
+    anchors = torch.stack([torch.stack([e[1], e[2]])])  # one entry, two anchors
+    q = e[:1]
+    both, one = [torch.stack([e[1], e[2], e[3]])], [torch.stack([e[1], e[3]])]
+    hop = {"steps": 0}
+    assert route_anchored(q, both, keys, anchors, 0.5, 0.9, **hop).tolist() == [0]
+    assert route_anchored(q, one, keys, anchors, 0.5, 0.9, **hop).tolist() == [-1]
+    mask = torch.tensor([[True, False]])  # only the first anchor is real
+    assert route_anchored(q, one, keys, anchors, 0.5, 0.9, anchor_mask=mask, **hop).tolist() == [0]

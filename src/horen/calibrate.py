@@ -173,9 +173,10 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, batch_si
             # tokens kept are those of the pooling mask: count the ones before that position)
             masks = [make_batch(editor.tokenizer, editor.model, [p], chat=cfg.chat).pool_mask[0]
                      for p in prompts]
-            subjects = torch.stack(
-                [tokens[i][int(masks[i][: positions[i]].sum())] for i in range(n)]
-            )
+            subjects = []
+            for i, (first, last) in enumerate(positions):
+                at = int(masks[i][:first].sum())
+                subjects.append(tokens[i][at : at + last - first + 1])
         finally:
             editor.close()
         for tau in taus:
@@ -189,18 +190,21 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, batch_si
 
 def _simulate_entity(pooled, tokens, subjects, labels, probe_labels, n, m, tau, anchor_tau, hop):
     keys = pooled.new_zeros(0, pooled.shape[1])
-    anchors = subjects.new_zeros(0, subjects.shape[1])
+    width, d = max(len(s) for s in subjects), subjects[0].shape[-1]
+    anchors, mask = pooled.new_zeros(n, width, d), torch.zeros(n, width, dtype=torch.bool)
     entry_labels: list[str] = []
 
     def match(idx):
-        return route_anchored(pooled[idx], [tokens[i] for i in idx], keys, anchors, tau,
-                              anchor_tau, **hop).tolist()
+        k = len(entry_labels)
+        return route_anchored(pooled[idx], [tokens[i] for i in idx], keys, anchors[:k], tau,
+                              anchor_tau, anchor_mask=mask[:k], **hop).tolist()
 
     for i in range(n):
         row = match([i])[0]
         if row == NO_MATCH or entry_labels[row] != labels[i]:
+            k = len(entry_labels)
             keys = torch.cat([keys, pooled[i][None]])
-            anchors = torch.cat([anchors, subjects[i][None]])
+            anchors[k, : len(subjects[i])], mask[k, : len(subjects[i])] = subjects[i], True
             entry_labels.append(labels[i])
 
     def hit_rate(idx, want):

@@ -159,13 +159,14 @@ def _calibrate_entity(args) -> int:
     cls = horen.get_method("horen-entity")
 
     def editor_for(layer):
-        return cls(model, tok, chat=args.chat, anchor_layer=layer)
+        return cls(model, tok, chat=args.chat, anchor_layer=layer, anchor_tokens=args.anchor_tokens)
 
     layers = args.anchor_layers or [editor_for(None).anchor_layer]
     rows, best = sweep_entity(editor_for, records, layers, args.taus or (0.5, 0.6, 0.7, 0.775),
                               args.anchor_taus or DEFAULT_ANCHOR_TAUS)
     print(format_entity_table(rows, best))
     print(f"\nchosen: anchor_layer={best.anchor_layer} tau={best.tau} anchor_tau={best.anchor_tau} "
+          f"anchor_tokens={args.anchor_tokens} "
           f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f}, {len(records)} "
           f"{args.dataset} records from {args.offset})")
     return 0
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="edit the embedded model, show before/after")
     p.add_argument("--n", type=int, default=10, choices=range(1, 11), metavar="1..10",
                    help="number of built-in edits")
+    p.add_argument("--method", default="horen", choices=["horen", "horen-entity"],
+                   help="the codebook editor shown")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("calibrate", parents=[common], help="choose tau for a model")
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="horen: sweep tau (and rho); horen-entity: anchor layer x tau x anchor_tau")
     p.add_argument("--anchor-layers", type=int, nargs="+", help="horen-entity anchor layers")
     p.add_argument("--anchor-taus", type=float, nargs="+", help="horen-entity anchor thresholds")
+    p.add_argument("--anchor-tokens", default="last", choices=["last", "all"],
+                   help="horen-entity anchors: the subject's last token, or all its tokens")
     p.add_argument("--offset", type=int, default=0, help="skip the first K records (held out)")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--data-root")

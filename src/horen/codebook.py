@@ -121,6 +121,7 @@ def route_anchored(
     anchors: torch.Tensor,
     tau: float,
     anchor_tau: float,
+    anchor_mask: torch.Tensor | None = None,
     **hopfield,
 ) -> torch.Tensor:
     """horen-entity: the relation gate AND the entity gate (:mod:`horen.editors.anchor`).
@@ -129,21 +130,28 @@ def route_anchored(
         q: ``(B, d)`` unit pooled queries; refined by :func:`refine` (``**hopfield``: beta,
             alpha, steps, eps), then scored by cosine against ``keys`` ``(K, d)``.
         tokens: per query, its ``(n_b, d_a)`` unit anchor-layer activations.
-        anchors: ``(K, d_a)`` unit anchors, one per key.
+        anchors: ``(K, d_a)`` one unit anchor per key, or ``(K, J, d_a)`` several (the
+            subject's tokens), ``anchor_mask`` ``(K, J)`` marking the real ones.
 
     Returns:
-        ``(B,)`` rows: among the entries with relation score ``> tau`` and some token of
-        cosine ``> anchor_tau`` with their anchor, the best relation score; else ``NO_MATCH``.
+        ``(B,)`` rows: among the entries with relation score ``> tau`` whose every anchor
+        has cosine ``> anchor_tau`` with some token of the query (min over anchors of the max
+        over tokens), the best relation score; else ``NO_MATCH``.
     """
     out = torch.full((q.shape[0],), NO_MATCH, dtype=torch.long, device=q.device)
     if keys.shape[0] == 0:
         return out
+    if anchors.dim() == 2:
+        anchors = anchors[:, None]
+    if anchor_mask is None:
+        anchor_mask = torch.ones(anchors.shape[:2], dtype=torch.bool, device=anchors.device)
     scores = refine(q, keys, **hopfield) @ keys.T
     for b in range(q.shape[0]):
         cand = (scores[b] > tau).nonzero().flatten()
         if not len(cand) or not len(tokens[b]):
             continue
-        entity = (anchors[cand] @ tokens[b].T).max(dim=1).values
+        found = torch.einsum("cjd,td->cjt", anchors[cand], tokens[b]).max(dim=2).values
+        entity = found.masked_fill(~anchor_mask[cand], math.inf).min(dim=1).values
         cand = cand[entity > anchor_tau]
         if len(cand):
             out[b] = cand[scores[b, cand].argmax()]

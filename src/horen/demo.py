@@ -1,7 +1,7 @@
 """``horen demo``: the main job on the embedded model, start to end, judged as a user would.
 
-Loads SmolLM2-135M-Instruct, makes ten fictional edits one after another (HoReN, chat
-template on) and answers four prompts per edit freely (until the model ends its answer,
+Loads SmolLM2-135M-Instruct, makes ten fictional edits one after another (HoReN by default,
+``--method horen-entity`` for the entity-anchored router; chat template on) and answers four prompts per edit freely (until the model ends its answer,
 :mod:`horen.metrics.free`), before and after all edits:
 
 * the edit prompt and a paraphrase: the answer must START with the target and must not
@@ -92,9 +92,10 @@ def run_demo(args) -> int:
     t0 = time.perf_counter()
     model, tok = horen.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"model: {getattr(model, 'horen_name', args.model)} ({time.perf_counter() - t0:.1f} s to load)")
-    editor = horen.HoReN(model, tok, chat=True)
-    print(f"editor: HoReN at {editor.site.path}, tau={editor.tau}, pool_ratio={editor.pool_ratio}, "
-          f"chat template on, answers end with the template's end-of-turn token")
+    editor = horen.get_method(args.method)(model, tok, chat=True)
+    print(f"editor: {args.method} at {editor.site.path}, tau={editor.tau}, "
+          f"pool_ratio={editor.pool_ratio}, chat template on, answers end with the template's "
+          "end-of-turn token")
     records = demo_records(args.n)
     print(f"edits: {len(records)} built-in fictional facts; answers decoded freely (greedy, until "
           "the model ends them)\n")

@@ -91,6 +91,12 @@ def subject_span(prompt: str, subject: str) -> tuple[int, int]:
 def subject_last_token(tokenizer, text: str, prompt: str, subject: str) -> int:
     """Index, in the tokens of ``text`` (the prompt as the model sees it, maybe inside a chat
     template), of the last token overlapping ``subject`` inside ``prompt``."""
+    return subject_tokens(tokenizer, text, prompt, subject)[1]
+
+
+def subject_tokens(tokenizer, text: str, prompt: str, subject: str) -> tuple[int, int]:
+    """``(first, last)`` indices, in the tokens of ``text``, of the tokens overlapping
+    ``subject`` inside ``prompt`` (tokenized without special tokens)."""
     start, end = subject_span(prompt, subject)
     offset = text.rfind(prompt)
     if offset < 0:
@@ -100,4 +106,4 @@ def subject_last_token(tokenizer, text: str, prompt: str, subject: str) -> int:
     hits = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and b > start]
     if not hits:
         raise ValueError(f"no token of {prompt!r} covers the subject {subject!r}")
-    return hits[-1]
+    return hits[0], hits[-1]

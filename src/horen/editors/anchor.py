@@ -29,7 +29,7 @@ import torch
 from ..codebook import NO_MATCH, normalize, route_anchored
 from ..layer import PromptContext
 from ..models import get_module
-from ..subject import infer_subject, subject_last_token
+from ..subject import infer_subject, subject_tokens
 from ..text import encode_prompt, format_prompt
 from .base import register
 from .horen import HoReN, HoReNConfig
@@ -51,6 +51,11 @@ class EntityConfig(HoReNConfig):
     anchor_tau: float = dataclasses.field(
         default=0.8, metadata={"help": "entity gate: cosine an anchor must reach at a query token"}
     )
+    anchor_tokens: str = dataclasses.field(
+        default="last",
+        metadata={"help": "'last': one anchor, the subject's last token; 'all': one per subject "
+                  "token, each of which must be found in the query"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,18 +63,20 @@ class EntityConfig(HoReNConfig):
             raise ValueError(f"anchor_tau is a cosine threshold in [-1, 1], not {self.anchor_tau}")
         if not self.normalize:
             raise ValueError("horen-entity needs normalized keys")
+        if self.anchor_tokens not in ("last", "all"):
+            raise ValueError(f"anchor_tokens must be 'last' or 'all', not {self.anchor_tokens!r}")
 
 
 @dataclasses.dataclass
 class Query:
     """What one batch of prompts routes with: ``pooled`` ``(B, d_ff)`` relation queries,
     ``tokens`` ``(B, T, d_a)`` normalized anchor-layer activations with ``mask`` ``(B, T)``,
-    and (writes only) ``subject`` ``(B, d_a)`` the normalized anchors of the edit subjects."""
+    and (writes only) ``subject``: per prompt, the ``(J, d_a)`` anchors of its subject."""
 
     pooled: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
-    subject: torch.Tensor | None = None
+    subject: list[torch.Tensor] | None = None
 
     def __getitem__(self, i) -> Query:
         if i is None:
@@ -103,9 +110,9 @@ class EntityHoReN(HoReN):
         self._anchor_module = get_module(model, path)
         self._hook = self._anchor_module.register_forward_hook(self._read_anchor_acts)
         self._acts: torch.Tensor | None = None
-        self.anchors: dict[int, torch.Tensor] = {}  # entry id -> normalized anchor
-        self._matrix: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, 0))
-        self._subject_pos: list[int] | None = None
+        self.anchors: dict[int, torch.Tensor] = {}  # entry id -> (J, d_a) normalized anchors
+        self._matrix: tuple[list[int], torch.Tensor, torch.Tensor] = ([], *_padded([]))
+        self._subject_pos: list[tuple[int, int]] | None = None
 
     def _read_anchor_acts(self, _module, args, _out) -> None:
         self._acts = args[0].detach()
@@ -121,44 +128,40 @@ class EntityHoReN(HoReN):
         tokens = normalize(self._acts[:, :width].float())
         subject = None
         if self._subject_pos is not None:
-            rows = torch.arange(len(self._subject_pos), device=tokens.device)
-            subject = tokens[rows, torch.as_tensor(self._subject_pos, device=tokens.device)]
+            subject = [t[first : last + 1] for t, (first, last) in zip(tokens, self._subject_pos)]
         return Query(pooled, tokens, ctx.pooled[:, :width].bool(), subject)
 
-    def anchor_matrix(self) -> torch.Tensor:
-        """``(K, d_a)`` anchors in codebook row order (kept in step with the codebook: rows
-        added since the last call are appended, a removal rebuilds it)."""
+    def anchor_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, J, d_a)`` anchors in codebook row order, zero-padded, and their ``(K, J)``
+        mask (kept in step with the codebook: rebuilt when its entries change)."""
         ids = self.codebook.ids
-        cached, matrix = self._matrix
-        if cached != ids:
-            if not ids:
-                matrix = torch.zeros(0, 0)
-            elif cached and ids[: len(cached)] == cached:
-                matrix = torch.cat([matrix, torch.stack([self.anchors[i] for i in ids[len(cached):]])])
-            else:
-                matrix = torch.stack([self.anchors[i] for i in ids])
-            self._matrix = (list(ids), matrix)
-        return matrix
+        if self._matrix[0] != ids:
+            self._matrix = (list(ids), *_padded([self.anchors[i] for i in ids]))
+        return self._matrix[1], self._matrix[2]
 
     def match(self, q: Query) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
         tokens = [t[m] for t, m in zip(q.tokens, q.mask)]
+        anchors, mask = self.anchor_matrix()
         return route_anchored(
-            q.pooled, tokens, keys, self.anchor_matrix().to(keys.device), self.tau,
-            cfg.anchor_tau, beta=cfg.beta, alpha=cfg.alpha, steps=cfg.hopfield_steps,
-            eps=cfg.hopfield_eps,
+            q.pooled, tokens, keys, anchors.to(keys.device), self.tau, cfg.anchor_tau,
+            anchor_mask=mask.to(keys.device), beta=cfg.beta, alpha=cfg.alpha,
+            steps=cfg.hopfield_steps, eps=cfg.hopfield_eps,
         )
 
     # ---- writing ---------------------------------------------------------------------------
-    def subject_positions(self, records) -> list[int]:
-        """Token index of each record's subject (its last token) in the formatted prompt."""
+    def subject_positions(self, records) -> list[tuple[int, int]]:
+        """Per record, the ``(first, last)`` token indices its anchors are read at in the
+        formatted prompt: the subject's last token, or (``anchor_tokens="all"``) all of it."""
         chat, out = self.config.chat, []
         for r in records:
             subject = r.subject or infer_subject(r.prompt)
             text = format_prompt(self.tokenizer, r.prompt, chat)
-            pos = subject_last_token(self.tokenizer, text, r.prompt, subject)
+            first, last = subject_tokens(self.tokenizer, text, r.prompt, subject)
             bare = len(self.tokenizer(text, add_special_tokens=False).input_ids)
-            out.append(pos + len(encode_prompt(self.tokenizer, r.prompt, chat)) - bare)
+            shift = len(encode_prompt(self.tokenizer, r.prompt, chat)) - bare
+            first = first if self.config.anchor_tokens == "all" else last
+            out.append((first + shift, last + shift))
         return out
 
     def _apply_batch(self, records) -> list[dict]:
@@ -188,15 +191,30 @@ class EntityHoReN(HoReN):
     def _state(self):
         state, tensors = super()._state()
         if self.anchors:
-            tensors["anchors"] = self.anchor_matrix()
+            tensors["anchors"], tensors["anchor_mask"] = self.anchor_matrix()
         return state, tensors
 
     def _load_state(self, state, tensors):
-        anchors = tensors.pop("anchors", None)
+        anchors, mask = tensors.pop("anchors", None), tensors.pop("anchor_mask", None)
         super()._load_state(state, tensors)
         ids = self.codebook.ids
-        self.anchors = {} if anchors is None else {i: a for i, a in zip(ids, anchors)}
+        if anchors is None:
+            self.anchors = {}
+        else:
+            self.anchors = {i: a[m.bool()] for i, a, m in zip(ids, anchors, mask)}
 
     @torch.no_grad()
     def routes(self, prompts: list[str]) -> torch.Tensor:
         return self.match(self.queries(prompts))
+
+
+def _padded(anchors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, J, d)`` zero-padded stack of ``(J_i, d)`` anchors and its ``(K, J)`` mask."""
+    if not anchors:
+        return torch.zeros(0, 1, 0), torch.zeros(0, 1, dtype=torch.bool)
+    width = max(len(a) for a in anchors)
+    out = anchors[0].new_zeros(len(anchors), width, anchors[0].shape[-1])
+    mask = torch.zeros(len(anchors), width, dtype=torch.bool)
+    for k, a in enumerate(anchors):
+        out[k, : len(a)], mask[k, : len(a)] = a, True
+    return out, mask
