@@ -219,22 +219,21 @@ def _simulate_entity(pooled, tokens, subjects, labels, probe_labels, n, m, tau, 
 
 
 def format_entity_table(rows: list[EntityRow], best: EntityRow) -> str:
-    lines = ["anchor_layer    tau  anchor_tau    rel    gen    loc     op  entries"]
-    for r in rows:
-        mark = "  <- chosen" if r is best else ""
-        lines.append(
-            f"{r.anchor_layer:12d} {r.tau:6.3f} {r.anchor_tau:11.3f} {r.rel:6.3f} {r.gen:6.3f} "
-            f"{r.loc:6.3f} {r.op:6.3f} {r.entries:8d}{mark}"
-        )
-    return "\n".join(lines)
+    head = "anchor_layer    tau  anchor_tau    rel    gen    loc     op  entries"
+    return _table(rows, best, head, lambda r: f"{r.anchor_layer:12d} {r.tau:6.3f} {r.anchor_tau:11.3f}")
 
 
 def format_table(rows: list[SweepRow], best: SweepRow) -> str:
-    lines = ["pool_ratio    tau    rel    gen    loc     op  entries"]
+    head = "pool_ratio    tau    rel    gen    loc     op  entries"
+    return _table(rows, best, head, lambda r: f"{r.pool_ratio:10.2f} {r.tau:6.3f}")
+
+
+def _table(rows, best, head: str, setting) -> str:
+    """One line per swept setting (``setting(row)`` gives its first columns), then the rates."""
+    lines = [head]
     for r in rows:
         mark = "  <- chosen" if r is best else ""
         lines.append(
-            f"{r.pool_ratio:10.2f} {r.tau:6.3f} {r.rel:6.3f} {r.gen:6.3f} {r.loc:6.3f} "
-            f"{r.op:6.3f} {r.entries:8d}{mark}"
+            f"{setting(r)} {r.rel:6.3f} {r.gen:6.3f} {r.loc:6.3f} {r.op:6.3f} {r.entries:8d}{mark}"
         )
     return "\n".join(lines)
