@@ -204,3 +204,19 @@ def test_route_anchored_takes_the_min_over_anchors_of_the_max_over_tokens():
     assert route_anchored(q, one, keys, anchors, 0.5, 0.9, **hop).tolist() == [-1]
     mask = torch.tensor([[True, False]])  # only the first anchor is real
     assert route_anchored(q, one, keys, anchors, 0.5, 0.9, anchor_mask=mask, **hop).tolist() == [0]
+
+
+def test_the_anchor_matrix_follows_writes_and_removals():
+    from horen.editors.anchor import _padded
+
+    model, tok = build("llama")
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.99, max_steps=1, anchor_tokens="all")
+    targets = ((P2, S2, "Osk"), (P1, S1, T1), (P3, S1, "Nile"))
+    ids = [ed.edit(p, t, subject=s) for p, s, t in targets]
+    assert len(ed.codebook) == 3
+    for step in ("writes", "removal"):
+        anchors, mask = ed.anchor_matrix()
+        want, want_mask = _padded([ed.anchors[i] for i in ed.codebook.ids])
+        assert torch.equal(mask, want_mask) and torch.equal(anchors, want), step
+        if step == "writes":
+            ed.remove(ids[1], cascade=True)

@@ -28,18 +28,26 @@ from .text import make_batch
 DEFAULT_TAUS = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))  # 0.5 .. 0.975
 
 
+class _Rates:
+    """The routing rates' geometric mean, for the sweep rows below (``rel``, ``gen``, ``loc``)."""
+
+    rel: float
+    gen: float
+    loc: float
+
+    @property
+    def op(self) -> float:
+        return (self.rel * self.gen * self.loc) ** (1 / 3)
+
+
 @dataclass
-class SweepRow:
+class SweepRow(_Rates):
     pool_ratio: float
     tau: float
     rel: float
     gen: float
     loc: float
     entries: int
-
-    @property
-    def op(self) -> float:
-        return (self.rel * self.gen * self.loc) ** (1 / 3)
 
 
 @torch.no_grad()
@@ -117,7 +125,7 @@ def sweep(editor, records, taus=DEFAULT_TAUS, pool_ratios=(None,), batch_size: i
 
 
 @dataclass
-class EntityRow:
+class EntityRow(_Rates):
     """One setting of the entity-anchored router (``horen-entity``) and its routing rates."""
 
     anchor_layer: int
@@ -127,10 +135,6 @@ class EntityRow:
     gen: float
     loc: float
     entries: int
-
-    @property
-    def op(self) -> float:
-        return (self.rel * self.gen * self.loc) ** (1 / 3)
 
 
 DEFAULT_ANCHOR_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)

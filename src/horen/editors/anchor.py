@@ -133,11 +133,20 @@ class EntityHoReN(HoReN):
 
     def anchor_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(K, J, d_a)`` anchors in codebook row order, zero-padded, and their ``(K, J)``
-        mask (kept in step with the codebook: rebuilt when its entries change)."""
+        mask, kept in step with the codebook: entries added since the last call are appended
+        (a stream of writes does not restack every anchor), a removal rebuilds it."""
         ids = self.codebook.ids
-        if self._matrix[0] != ids:
-            self._matrix = (list(ids), *_padded([self.anchors[i] for i in ids]))
-        return self._matrix[1], self._matrix[2]
+        cached, matrix, mask = self._matrix
+        if cached == ids:
+            return matrix, mask
+        new = [self.anchors[i] for i in ids[len(cached) :]]
+        if cached and ids[: len(cached)] == cached and max(len(a) for a in new) <= matrix.shape[1]:
+            more, more_mask = _padded(new, matrix.shape[1])
+            matrix, mask = torch.cat([matrix, more.to(matrix)]), torch.cat([mask, more_mask])
+        else:
+            matrix, mask = _padded([self.anchors[i] for i in ids])
+        self._matrix = (list(ids), matrix, mask)
+        return matrix, mask
 
     def match(self, q: Query) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
@@ -203,16 +212,13 @@ class EntityHoReN(HoReN):
         else:
             self.anchors = {i: a[m.bool()] for i, a, m in zip(ids, anchors, mask)}
 
-    @torch.no_grad()
-    def routes(self, prompts: list[str]) -> torch.Tensor:
-        return self.match(self.queries(prompts))
 
-
-def _padded(anchors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(K, J, d)`` zero-padded stack of ``(J_i, d)`` anchors and its ``(K, J)`` mask."""
+def _padded(anchors: list[torch.Tensor], width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, J, d)`` zero-padded stack of ``(J_i, d)`` anchors and its ``(K, J)`` mask, J the
+    longest anchor list (or ``width`` if larger)."""
     if not anchors:
         return torch.zeros(0, 1, 0), torch.zeros(0, 1, dtype=torch.bool)
-    width = max(len(a) for a in anchors)
+    width = max(width, *(len(a) for a in anchors))
     out = anchors[0].new_zeros(len(anchors), width, anchors[0].shape[-1])
     mask = torch.zeros(len(anchors), width, dtype=torch.bool)
     for k, a in enumerate(anchors):

@@ -76,3 +76,16 @@ def group(keys: Sequence[int], values: Sequence) -> dict[int, list]:
     for k, v in zip(keys, values):
         groups.setdefault(k, []).append(v)
     return groups
+
+
+def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of indices with similar ``lengths`` (longest first), so padding is small.
+
+    Every index appears once; the caller puts results back in the original order.
+
+    Example:
+        >>> by_length([3, 9, 4, 8], 2)
+        [[1, 3], [2, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .compare import group, mean, normalize_answer
+from .compare import by_length, group, mean, normalize_answer
 
 FREE_BUDGET = 48
 """New tokens a free answer may run to when the model does not end it first."""
@@ -117,9 +117,7 @@ def free_answers(
     never depends on the prompts batched with it (each row stops on its own).
     """
     out: list = [None] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in by_length([len(p) for p in prompts], batch_size):
         texts = editor.generate([prompts[i] for i in idx], max_new_tokens=max_new_tokens,
                                 stop_at_newline=True)
         for i, text in zip(idx, texts):

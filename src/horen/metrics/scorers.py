@@ -12,6 +12,7 @@ from ..data.record import EditRecord
 from ..text import encode_pair, make_batch
 from .compare import (
     agreement,
+    by_length,
     exact_match,
     fraction_equal,
     group,
@@ -90,19 +91,6 @@ def base_reference(
 
 
 # ---- teacher-forced ---------------------------------------------------------------------------
-def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches of indices with similar ``lengths`` (longest first), so padding is small.
-
-    Every index appears once; the caller puts results back in the original order.
-
-    Example:
-        >>> by_length([3, 9, 4, 8], 2)
-        [[1, 3], [2, 0]]
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-
-
 @torch.no_grad()
 def target_predictions(
     editor, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 16
