@@ -116,6 +116,15 @@ if step entity_calibrate; then  # horen-entity's layer and thresholds, on held-o
   $H calibrate --method horen-entity --dataset counterfact --n 300 --offset 5000 --threads 2 \
     --anchor-layers 3 6 9 12 | tee $cal/entity_counterfact_offset5000_n300.txt
 fi
+if step entity_question; then  # horen-entity's question gate, on the same held-out records
+  cal=results/calibration
+  for spec in "zsre 3000" "counterfact 5000"; do
+    set -- $spec
+    $H calibrate --method horen-entity --dataset $1 --n 300 --offset $2 --threads 2 \
+      --anchor-layers 3 --taus 0.6 0.7 --anchor-taus 0.7 0.8 \
+      --question-taus off 0.6 0.7 0.75 0.8 0.85 | tee $cal/entity_question_$1_offset$2_n300.txt
+  done
+fi
 if step entity; then  # horen-entity (issue 26) on the hard-neighbour data, then ZsRE
   bench --method horen-entity --dataset counterfact --n 1000 --checkpoints 1,10,100,1000
   bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806

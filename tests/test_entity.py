@@ -68,7 +68,7 @@ def test_the_entity_gate_keeps_same_relation_neighbours_out(family):
     and a paraphrase naming the subject match; another subject with the same relation does not.
     (Not the tiny GPT-2: its random learned positions blur a token's identity by layer 1.)"""
     model, tok = build(family)
-    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.7, max_steps=5)
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.7, max_steps=5, question_tau=None)
     ed.edit(P1, T1, subject=S1)
     rows = ed.routes([P1, "Who is in charge of Zorblat Industries?", P2]).tolist()
     assert rows == [0, 0, -1]
@@ -76,9 +76,22 @@ def test_the_entity_gate_keeps_same_relation_neighbours_out(family):
 
 def test_the_relation_gate_keeps_other_relations_of_the_subject_out(family):
     model, tok = build(family)
-    ed = EntityHoReN(model, tok, tau=0.999, anchor_tau=-1.0, max_steps=5)
+    ed = EntityHoReN(model, tok, tau=0.999, anchor_tau=-1.0, max_steps=5, question_tau=None)
     ed.edit(P1, T1, subject=S1)
     assert ed.routes([P1, P3]).tolist() == [0, -1]
+
+
+def test_the_question_gate_keeps_other_forms_of_the_subject_out(family):
+    """Relation and entity gates wide open: only the last prompt token decides. The edit
+    prompt matches; a statement about the same subject does not, unless the gate is off."""
+    statement = "Zorblat Industries is led by"
+    for question_tau, want in ((0.999, [0, -1]), (None, [0, 0])):
+        model, tok = build(family)
+        ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=-1.0, question_tau=question_tau,
+                         max_steps=1)
+        ed.edit(P1, T1, subject=S1)
+        assert ed.routes([P1, statement]).tolist() == want, question_tau
+        ed.close()
 
 
 def test_unmatched_prompts_are_bit_identical_and_edits_learn(family):
@@ -135,7 +148,7 @@ def test_anchor_layer_must_be_below_the_edit_layer():
 
 
 def test_entity_calibration_writes_and_routes_as_the_editor_does():
-    from horen.calibrate import format_entity_table, sweep_entity
+    from horen.calibrate import SAME_SUBJECT, format_entity_table, sweep_entity
 
     model, tok = build("llama")
     records = [
@@ -145,20 +158,27 @@ def test_entity_calibration_writes_and_routes_as_the_editor_does():
                          locality_prompt=P3, locality_answer="x", subject=S2),
     ]
     rows, best = sweep_entity(lambda layer: EntityHoReN(model, tok, anchor_layer=layer), records,
-                              [0, 1], taus=[-1.0, 0.999], anchor_taus=[-1.0, 0.7])
-    assert len(rows) == 8 and best in rows
+                              [0, 1], taus=[-1.0, 0.999], anchor_taus=[-1.0, 0.7],
+                              question_taus=[None, 0.5])
+    assert len(rows) == 16 and best in rows
     assert "<- chosen" in format_entity_table(rows, best)
-    # the same decisions as the editor's own writes and routes, for one setting
-    row = next(r for r in rows if (r.anchor_layer, r.tau, r.anchor_tau) == (1, -1.0, 0.7))
-    ed = EntityHoReN(model, tok, anchor_layer=1, tau=-1.0, anchor_tau=0.7, max_steps=1)
-    for r in records:
-        ed.apply(r)
-    routed = ed.routes([r.prompt for r in records]).tolist()
-    labels = [ed.codebook.labels[i] if i >= 0 else None for i in routed]
-    assert row.rel == sum(a == r.target for a, r in zip(labels, records)) / 2
-    assert row.entries == len(ed.codebook)
-    loc = ed.routes([r.locality_prompt for r in records]).tolist()
-    assert row.loc == sum(i == -1 for i in loc) / 2
+    # the same decisions as the editor's own writes and routes, for two settings
+    for question_tau in (None, 0.5):
+        row = next(r for r in rows if (r.anchor_layer, r.tau, r.anchor_tau, r.question_tau)
+                   == (1, -1.0, 0.7, question_tau))
+        ed = EntityHoReN(model, tok, anchor_layer=1, tau=-1.0, anchor_tau=0.7, max_steps=1,
+                         question_tau=question_tau)
+        for r in records:
+            ed.apply(r)
+        routed = ed.routes([r.prompt for r in records]).tolist()
+        labels = [ed.codebook.labels[i] if i >= 0 else None for i in routed]
+        assert row.rel == sum(a == r.target for a, r in zip(labels, records)) / 2
+        assert row.entries == len(ed.codebook)
+        loc = ed.routes([r.locality_prompt for r in records]).tolist()
+        assert row.loc == sum(i == -1 for i in loc) / 2
+        same = ed.routes([t.format(s=r.subject) for r in records for t in SAME_SUBJECT])
+        assert row.same == (same == -1).float().mean().item()
+        ed.close()
 
 
 def test_generation_with_and_without_the_cache_agree(family):

@@ -126,43 +126,69 @@ def sweep(editor, records, taus=DEFAULT_TAUS, pool_ratios=(None,), batch_size: i
 
 @dataclass
 class EntityRow(_Rates):
-    """One setting of the entity-anchored router (``horen-entity``) and its routing rates."""
+    """One setting of the entity-anchored router (``horen-entity``) and its routing rates;
+    ``same``: synthesized prompts about an edit's subject but another relation
+    (:data:`SAME_SUBJECT`) routed to no entry. ``op`` is the geometric mean of all four."""
 
     anchor_layer: int
     tau: float
     anchor_tau: float
+    question_tau: float | None
     rel: float
     gen: float
     loc: float
+    same: float
     entries: int
+
+    @property
+    def op(self) -> float:
+        return (self.rel * self.gen * self.loc * self.same) ** (1 / 4)
 
 
 DEFAULT_ANCHOR_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
+# Other relations of an edit's subject, in the forms the datasets ask them (questions,
+# statements to complete, bare "subject relation" phrases). A template may ask the edit's own
+# relation for a few records: the rate is a slight underestimate of the gate's precision.
+SAME_SUBJECT = (
+    "{s} date of birth",
+    "The place of death of {s} is",
+    "What award did {s} receive?",
+    "Which country is {s} from?",
+    "The official website of {s} is",
+    "Who is the spouse of {s}?",
+)
+
 
 @torch.no_grad()
 def entity_queries(editor, prompts: list[str], batch_size: int = 32):
-    """Per prompt ``(pooled (d_ff,), tokens (n, d_a))`` of a horen-entity editor."""
-    pooled, tokens = [], []
+    """Per prompt ``(pooled (d_ff,), tokens (n, d_a), question (d_ff,))`` of a horen-entity
+    editor."""
+    pooled, tokens, questions = [], [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc="reading queries", leave=False):
         q = editor.queries(prompts[start : start + batch_size])
         pooled.append(q.pooled.cpu())
+        questions.append(q.question.cpu())
         tokens += [t[m].cpu() for t, m in zip(q.tokens, q.mask)]
-    return torch.cat(pooled), tokens
+    return torch.cat(pooled), tokens, torch.cat(questions)
 
 
-def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, batch_size: int = 32):
-    """Routing of ``horen-entity`` for each (anchor layer, tau, anchor_tau): ``(rows, best)``.
+def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question_taus=(None,),
+                 batch_size: int = 32):
+    """Routing of ``horen-entity`` for each (anchor layer, tau, anchor_tau, question_tau):
+    ``(rows, best)``.
 
     The codebook is written as the editor writes it (HoReN's three cases, decided by the
-    two-gate match of :func:`horen.codebook.route_anchored`), one entry per new edit with
-    its subject's anchor; rel/gen/loc are then routing rates on the final codebook, as in
-    :func:`sweep`. ``editor_for(layer)`` builds the editor for one anchor layer.
+    gates of :func:`horen.codebook.route_anchored`), one entry per new edit with its
+    subject's anchor and question key; rel/gen/loc are then routing rates on the final
+    codebook, as in :func:`sweep`, and ``same`` the rate for :data:`SAME_SUBJECT` prompts of
+    every record with a subject. ``editor_for(layer)`` builds the editor for one anchor layer.
     """
     prompts = [r.prompt for r in records]
     probes = [(p, r.target) for r in records for p in r.rephrases[:1]]
     locs = [r.locality_prompt for r in records if r.locality_prompt]
-    n, m = len(prompts), len(probes)
+    sames = [t.format(s=r.subject) for r in records if r.subject for t in SAME_SUBJECT]
+    n, m, k = len(prompts), len(probes), len(locs)
     rows = []
     for layer in anchor_layers:
         editor = editor_for(layer)
@@ -170,8 +196,8 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, batch_si
             cfg = editor.config
             hop = {"beta": cfg.beta, "alpha": cfg.alpha, "steps": cfg.hopfield_steps,
                    "eps": cfg.hopfield_eps}
-            pooled, tokens = entity_queries(editor, prompts + [p for p, _ in probes] + locs,
-                                            batch_size)
+            pooled, tokens, questions = entity_queries(
+                editor, prompts + [p for p, _ in probes] + locs + sames, batch_size)
             positions = editor.subject_positions(records)
             # the anchor of an edit: its prompt's activation at the subject's last token (the
             # tokens kept are those of the pooling mask: count the ones before that position)
@@ -183,25 +209,37 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, batch_si
                 subjects.append(tokens[i][at : at + last - first + 1])
         finally:
             editor.close()
+        groups = {"probes": range(n, n + m), "locs": range(n + m, n + m + k),
+                  "sames": range(n + m + k, len(tokens))}
         for tau in taus:
             for anchor_tau in anchor_taus:
-                row = _simulate_entity(pooled, tokens, subjects, [r.target for r in records],
-                                       [t for _, t in probes], n, m, tau, anchor_tau, hop)
-                rows.append(EntityRow(layer, tau, anchor_tau, *row))
+                for question_tau in question_taus:
+                    rates = _simulate_entity(
+                        pooled, tokens, questions, subjects, [r.target for r in records],
+                        [t for _, t in probes], groups,
+                        {"tau": tau, "anchor_tau": anchor_tau, "question_tau": question_tau},
+                        hop)
+                    rows.append(EntityRow(layer, tau, anchor_tau, question_tau, *rates))
     best = max(rows, key=lambda r: (0 if math.isnan(r.op) else r.op, r.tau, r.anchor_tau))
     return rows, best
 
 
-def _simulate_entity(pooled, tokens, subjects, labels, probe_labels, n, m, tau, anchor_tau, hop):
+def _simulate_entity(pooled, tokens, questions, subjects, labels, probe_labels, groups, gates,
+                     hop):
+    n = len(labels)
     keys = pooled.new_zeros(0, pooled.shape[1])
     width, d = max(len(s) for s in subjects), subjects[0].shape[-1]
     anchors, mask = pooled.new_zeros(n, width, d), torch.zeros(n, width, dtype=torch.bool)
+    rows: list[int] = []  # the record each entry was written from
     entry_labels: list[str] = []
 
     def match(idx):
         k = len(entry_labels)
-        return route_anchored(pooled[idx], [tokens[i] for i in idx], keys, anchors[:k], tau,
-                              anchor_tau, anchor_mask=mask[:k], **hop).tolist()
+        return route_anchored(
+            pooled[idx], [tokens[i] for i in idx], keys, anchors[:k], gates["tau"],
+            gates["anchor_tau"], anchor_mask=mask[:k], questions=questions[idx],
+            question_keys=questions[rows], question_tau=gates["question_tau"], **hop,
+        ).tolist()
 
     for i in range(n):
         row = match([i])[0]
@@ -209,22 +247,31 @@ def _simulate_entity(pooled, tokens, subjects, labels, probe_labels, n, m, tau, 
             k = len(entry_labels)
             keys = torch.cat([keys, pooled[i][None]])
             anchors[k, : len(subjects[i])], mask[k, : len(subjects[i])] = subjects[i], True
+            rows.append(i)
             entry_labels.append(labels[i])
 
     def hit_rate(idx, want):
         got = match(idx)
         return sum(r != NO_MATCH and entry_labels[r] == w for r, w in zip(got, want)) / len(want)
 
+    def miss_rate(idx):
+        idx = list(idx)
+        return sum(r == NO_MATCH for r in match(idx)) / len(idx) if idx else float("nan")
+
     rel = hit_rate(list(range(n)), labels)
-    gen = hit_rate(list(range(n, n + m)), probe_labels) if m else float("nan")
-    loc_idx = list(range(n + m, len(tokens)))
-    loc = sum(r == NO_MATCH for r in match(loc_idx)) / len(loc_idx) if loc_idx else float("nan")
-    return rel, gen, loc, len(entry_labels)
+    gen = hit_rate(list(groups["probes"]), probe_labels) if probe_labels else float("nan")
+    return rel, gen, miss_rate(groups["locs"]), miss_rate(groups["sames"]), len(entry_labels)
 
 
 def format_entity_table(rows: list[EntityRow], best: EntityRow) -> str:
-    head = "anchor_layer    tau  anchor_tau    rel    gen    loc     op  entries"
-    return _table(rows, best, head, lambda r: f"{r.anchor_layer:12d} {r.tau:6.3f} {r.anchor_tau:11.3f}")
+    head = "anchor_layer    tau  anchor_tau  question_tau    rel    gen    loc   same     op  entries"
+
+    def line(r):
+        q = "off" if r.question_tau is None else f"{r.question_tau:.3f}"
+        return (f"{r.anchor_layer:12d} {r.tau:6.3f} {r.anchor_tau:11.3f} {q:>13} {r.rel:6.3f} "
+                f"{r.gen:6.3f} {r.loc:6.3f} {r.same:6.3f} {r.op:6.3f} {r.entries:8d}")
+
+    return "\n".join([head] + [line(r) + ("  <- chosen" if r is best else "") for r in rows])
 
 
 def format_table(rows: list[SweepRow], best: SweepRow) -> str:

@@ -147,6 +147,10 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _tau_or_off(text: str) -> float | None:
+    return None if text == "off" else float(text)
+
+
 def _calibrate_entity(args) -> int:
     import horen
 
@@ -159,15 +163,17 @@ def _calibrate_entity(args) -> int:
     cls = horen.get_method("horen-entity")
 
     def editor_for(layer):
-        return cls(model, tok, chat=args.chat, anchor_layer=layer, anchor_tokens=args.anchor_tokens)
+        return cls(model, tok, chat=args.chat, anchor_layer=layer, anchor_tokens=args.anchor_tokens,
+                   question_tau=None)
 
     layers = args.anchor_layers or [editor_for(None).anchor_layer]
     rows, best = sweep_entity(editor_for, records, layers, args.taus or (0.5, 0.6, 0.7, 0.775),
-                              args.anchor_taus or DEFAULT_ANCHOR_TAUS)
+                              args.anchor_taus or DEFAULT_ANCHOR_TAUS, args.question_taus or [None])
     print(format_entity_table(rows, best))
     print(f"\nchosen: anchor_layer={best.anchor_layer} tau={best.tau} anchor_tau={best.anchor_tau} "
-          f"anchor_tokens={args.anchor_tokens} "
-          f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f}, {len(records)} "
+          f"question_tau={best.question_tau} anchor_tokens={args.anchor_tokens} "
+          f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f} same {best.same:.3f}, "
+          f"{len(records)} "
           f"{args.dataset} records from {args.offset})")
     return 0
 
@@ -242,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="horen: sweep tau (and rho); horen-entity: anchor layer x tau x anchor_tau")
     p.add_argument("--anchor-layers", type=int, nargs="+", help="horen-entity anchor layers")
     p.add_argument("--anchor-taus", type=float, nargs="+", help="horen-entity anchor thresholds")
+    p.add_argument("--question-taus", type=_tau_or_off, nargs="+",
+                   help="horen-entity question-gate thresholds, 'off' = no gate (default: off)")
     p.add_argument("--anchor-tokens", default="last", choices=["last", "all"],
                    help="horen-entity anchors: the subject's last token, or all its tokens")
     p.add_argument("--offset", type=int, default=0, help="skip the first K records (held out)")

@@ -122,9 +122,12 @@ def route_anchored(
     tau: float,
     anchor_tau: float,
     anchor_mask: torch.Tensor | None = None,
+    questions: torch.Tensor | None = None,
+    question_keys: torch.Tensor | None = None,
+    question_tau: float | None = None,
     **hopfield,
 ) -> torch.Tensor:
-    """horen-entity: the relation gate AND the entity gate (:mod:`horen.editors.anchor`).
+    """horen-entity: the relation, entity and question gates (:mod:`horen.editors.anchor`).
 
     Args:
         q: ``(B, d)`` unit pooled queries; refined by :func:`refine` (``**hopfield``: beta,
@@ -132,11 +135,15 @@ def route_anchored(
         tokens: per query, its ``(n_b, d_a)`` unit anchor-layer activations.
         anchors: ``(K, d_a)`` one unit anchor per key, or ``(K, J, d_a)`` several (the
             subject's tokens), ``anchor_mask`` ``(K, J)`` marking the real ones.
+        questions, question_keys, question_tau: the optional question gate, ``(B, d_q)``
+            unit queries and ``(K, d_q)`` unit keys (the edit site's input at the last prompt
+            token): an entry also needs cosine ``> question_tau`` there. None: no such gate.
 
     Returns:
         ``(B,)`` rows: among the entries with relation score ``> tau`` whose every anchor
         has cosine ``> anchor_tau`` with some token of the query (min over anchors of the max
-        over tokens), the best relation score; else ``NO_MATCH``.
+        over tokens), and whose question key passes, the best relation score; else
+        ``NO_MATCH``.
     """
     out = torch.full((q.shape[0],), NO_MATCH, dtype=torch.long, device=q.device)
     if keys.shape[0] == 0:
@@ -153,6 +160,8 @@ def route_anchored(
         found = torch.einsum("cjd,td->cjt", anchors[cand], tokens[b]).max(dim=2).values
         entity = found.masked_fill(~anchor_mask[cand], math.inf).min(dim=1).values
         cand = cand[entity > anchor_tau]
+        if len(cand) and question_tau is not None:
+            cand = cand[question_keys[cand] @ questions[b] > question_tau]
         if len(cand):
             out[b] = cand[scores[b, cand].argmax()]
     return out

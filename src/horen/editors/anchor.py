@@ -12,7 +12,12 @@ A query matches entry i only if BOTH gates pass:
   ``> tau`` with k_i (:func:`horen.codebook.refine`);
 * the entity gate: some token t of the query carries the subject,
   ``max_t cos(a_i, h_t) > anchor_tau`` (h_t the query's activations at the anchor layer,
-  over the prompt's own tokens: in chat mode the user's message only).
+  over the prompt's own tokens: in chat mode the user's message only);
+* the question gate (when ``question_tau`` is set): the edit site's input at the query's
+  last prompt token, where the value is added, has cosine ``> question_tau`` with the
+  edit prompt's own (``q_i``). It tells apart prompts about the same subject asked in another
+  form ('The taxon rank of X is' after editing 'Which family does X belong to?'), which the
+  pooled key, dominated by the subject's tokens, does not (``docs/entity-routing.md``).
 
 Among the entries passing both, the best relation score wins. Values are trained and added
 exactly as HoReN's (the last prompt token of layer L). The subject comes from the record
@@ -51,6 +56,10 @@ class EntityConfig(HoReNConfig):
     anchor_tau: float = dataclasses.field(
         default=0.8, metadata={"help": "entity gate: cosine an anchor must reach at a query token"}
     )
+    question_tau: float | None = dataclasses.field(
+        default=0.75,
+        metadata={"help": "question gate: cosine at the last prompt token; None = no gate"},
+    )
     anchor_tokens: str = dataclasses.field(
         default="last",
         metadata={"help": "'last': one anchor, the subject's last token; 'all': one per subject "
@@ -59,8 +68,10 @@ class EntityConfig(HoReNConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not -1 <= self.anchor_tau <= 1:
-            raise ValueError(f"anchor_tau is a cosine threshold in [-1, 1], not {self.anchor_tau}")
+        for name in ("anchor_tau", "question_tau"):
+            value = getattr(self, name)
+            if value is not None and not -1 <= value <= 1:
+                raise ValueError(f"{name} is a cosine threshold in [-1, 1], not {value}")
         if not self.normalize:
             raise ValueError("horen-entity needs normalized keys")
         if self.anchor_tokens not in ("last", "all"):
@@ -71,11 +82,13 @@ class EntityConfig(HoReNConfig):
 class Query:
     """What one batch of prompts routes with: ``pooled`` ``(B, d_ff)`` relation queries,
     ``tokens`` ``(B, T, d_a)`` normalized anchor-layer activations with ``mask`` ``(B, T)``,
-    and (writes only) ``subject``: per prompt, the ``(J, d_a)`` anchors of its subject."""
+    ``question`` ``(B, d_ff)`` the normalized edit-site input at the last prompt token, and
+    (writes only) ``subject``: per prompt, the ``(J, d_a)`` anchors of its subject."""
 
     pooled: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
+    question: torch.Tensor
     subject: list[torch.Tensor] | None = None
 
     def __getitem__(self, i) -> Query:
@@ -83,7 +96,8 @@ class Query:
             return self
         pick = slice(i, i + 1)
         subject = None if self.subject is None else self.subject[pick]
-        return Query(self.pooled[pick], self.tokens[pick], self.mask[pick], subject)
+        return Query(self.pooled[pick], self.tokens[pick], self.mask[pick],
+                     self.question[pick], subject)
 
 
 @register
@@ -111,7 +125,9 @@ class EntityHoReN(HoReN):
         self._hook = self._anchor_module.register_forward_hook(self._read_anchor_acts)
         self._acts: torch.Tensor | None = None
         self.anchors: dict[int, torch.Tensor] = {}  # entry id -> (J, d_a) normalized anchors
+        self.questions: dict[int, torch.Tensor] = {}  # entry id -> (d_ff,) question key
         self._matrix: tuple[list[int], torch.Tensor, torch.Tensor] = ([], *_padded([]))
+        self._questions: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, 0))
         self._subject_pos: list[tuple[int, int]] | None = None
 
     def _read_anchor_acts(self, _module, args, _out) -> None:
@@ -126,10 +142,12 @@ class EntityHoReN(HoReN):
         pooled = super().query(acts, ctx)
         width = ctx.mask.shape[1]
         tokens = normalize(self._acts[:, :width].float())
+        last = ctx.last.clamp(max=acts.shape[1] - 1)
+        question = normalize(acts[torch.arange(len(acts)), last].float())
         subject = None
         if self._subject_pos is not None:
             subject = [t[first : last + 1] for t, (first, last) in zip(tokens, self._subject_pos)]
-        return Query(pooled, tokens, ctx.pooled[:, :width].bool(), subject)
+        return Query(pooled, tokens, ctx.pooled[:, :width].bool(), question, subject)
 
     def anchor_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(K, J, d_a)`` anchors in codebook row order, zero-padded, and their ``(K, J)``
@@ -148,14 +166,31 @@ class EntityHoReN(HoReN):
         self._matrix = (list(ids), matrix, mask)
         return matrix, mask
 
+    def question_matrix(self) -> torch.Tensor:
+        """``(K, d_ff)`` question keys in codebook row order (cached like the anchors)."""
+        ids = self.codebook.ids
+        cached, matrix = self._questions
+        if cached != ids:
+            if cached and ids[: len(cached)] == cached:
+                more = torch.stack([self.questions[i] for i in ids[len(cached) :]])
+                matrix = torch.cat([matrix, more.to(matrix)])
+            else:
+                matrix = torch.stack([self.questions[i] for i in ids])
+            self._questions = (list(ids), matrix)
+        return matrix
+
     def match(self, q: Query) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
         tokens = [t[m] for t, m in zip(q.tokens, q.mask)]
         anchors, mask = self.anchor_matrix()
+        gate = {}
+        if cfg.question_tau is not None and len(keys):
+            gate = {"questions": q.question.to(keys.device), "question_tau": cfg.question_tau,
+                    "question_keys": self.question_matrix().to(keys.device)}
         return route_anchored(
             q.pooled, tokens, keys, anchors.to(keys.device), self.tau, cfg.anchor_tau,
             anchor_mask=mask.to(keys.device), beta=cfg.beta, alpha=cfg.alpha,
-            steps=cfg.hopfield_steps, eps=cfg.hopfield_eps,
+            steps=cfg.hopfield_steps, eps=cfg.hopfield_eps, **gate,
         )
 
     # ---- writing ---------------------------------------------------------------------------
@@ -189,6 +224,7 @@ class EntityHoReN(HoReN):
         case = "new" if row == NO_MATCH else "conflict"
         row = cb.add(q.pooled[0], torch.zeros(self.values.shape), target)
         self.anchors[cb.ids[row]] = q.subject[0].to(cb.device)
+        self.questions[cb.ids[row]] = q.question[0].to(cb.device)
         return row, {"case": case, "entry": cb.ids[row], "touches": [cb.ids[row]]}
 
     # ---- state -----------------------------------------------------------------------------
@@ -196,21 +232,28 @@ class EntityHoReN(HoReN):
         super()._remove(edit)
         live = set(self.codebook.ids)
         self.anchors = {i: a for i, a in self.anchors.items() if i in live}
+        self.questions = {i: a for i, a in self.questions.items() if i in live}
 
     def _state(self):
         state, tensors = super()._state()
         if self.anchors:
             tensors["anchors"], tensors["anchor_mask"] = self.anchor_matrix()
+            tensors["questions"] = self.question_matrix()
         return state, tensors
 
     def _load_state(self, state, tensors):
         anchors, mask = tensors.pop("anchors", None), tensors.pop("anchor_mask", None)
+        questions = tensors.pop("questions", None)
         super()._load_state(state, tensors)
         ids = self.codebook.ids
         if anchors is None:
             self.anchors = {}
         else:
             self.anchors = {i: a[m.bool()] for i, a, m in zip(ids, anchors, mask)}
+        if questions is None and ids and self.config.question_tau is not None:
+            raise ValueError("this edit set has no question keys (saved before the question "
+                             "gate): load it with question_tau=None")
+        self.questions = {} if questions is None else dict(zip(ids, questions))
 
 
 def _padded(anchors: list[torch.Tensor], width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
