@@ -129,6 +129,7 @@ if step entity; then  # horen-entity (issue 26) on the hard-neighbour data, then
   bench --method horen-entity --dataset counterfact --n 1000 --checkpoints 1,10,100,1000
   bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806
   bench --method horen --dataset knowedit --checkpoints 1,10,100,806
+  bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806 --set question_tau=0.8
   bench --method horen-entity --dataset wikibigedit --n 1000 --checkpoints 1,10,100,1000
   bench --method horen-entity --dataset zsre --n 1000 --checkpoints 1,10,100,1000
 fi

@@ -45,7 +45,11 @@ class EntityConfig(HoReNConfig):
     """HoReN's settings plus the entity gate's. The defaults (anchor layer 3 of 30, tau 0.7,
     anchor_tau 0.8) were chosen on the embedded model by ``horen calibrate --method
     horen-entity`` on held-out ZsRE and CounterFact records (``results/calibration/entity_*``):
-    the best worst-case routing OP of the two; calibrate them for another model."""
+    the best worst-case routing OP of the two; calibrate them for another model. The question
+    gate is off by default: the same sweep with it (``entity_question_*``) shows it keeps other
+    relations of a subject out on ZsRE (same-subject rate 0.25 -> 0.68 at 0.8) but rejects
+    most CounterFact paraphrases (gen 0.52 -> 0.06), whose prompts open with an unrelated
+    sentence; turn it on (0.8) where prompts are plain questions."""
 
     tau: float | None = dataclasses.field(
         default=0.7, metadata={"help": "relation gate: cosine of the pooled keys; None = HoReN's"}
@@ -57,8 +61,9 @@ class EntityConfig(HoReNConfig):
         default=0.8, metadata={"help": "entity gate: cosine an anchor must reach at a query token"}
     )
     question_tau: float | None = dataclasses.field(
-        default=0.75,
-        metadata={"help": "question gate: cosine at the last prompt token; None = no gate"},
+        default=None,
+        metadata={"help": "question gate: cosine at the last prompt token; None = no gate "
+                          "(0.8 for question-form prompts: results/calibration/entity_question_*)"},
     )
     anchor_tokens: str = dataclasses.field(
         default="last",
