@@ -125,6 +125,30 @@ def test_save_load_and_rollback_keep_the_anchors(family, tmp_path):
     again.close()
 
 
+def test_question_keys_are_saved_and_required_when_the_gate_is_on(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, tok = build("llama")
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=-1.0, question_tau=0.999, max_steps=1)
+    ed.edit(P1, T1, subject=S1)
+    ed.edit(P2, "Osk", subject=S2)
+    statement = "Zorblat Industries is led by"
+    before = ed.routes([P1, P2, statement]).tolist()
+    assert before == [0, 1, -1]
+    ed.save(tmp_path / "e")
+    ed.close()
+    again = horen.Editor.load(model, tok, tmp_path / "e")
+    assert torch.equal(again.question_matrix(), torch.stack([ed.questions[0], ed.questions[1]]))
+    assert again.routes([P1, P2, statement]).tolist() == before
+    again.close()
+    # a tensors file that lost its question keys is refused, not routed without the gate
+    tensors = load_file(tmp_path / "e" / "edits.safetensors")
+    del tensors["questions"]
+    save_file(tensors, tmp_path / "e" / "edits.safetensors")
+    with pytest.raises(ValueError, match="no question keys"):
+        horen.Editor.load(model, tok, tmp_path / "e")
+
+
 def test_micro_batched_writes_equal_one_at_a_time(family):
     records = [horen.EditRecord(P1, T1, subject=S1), horen.EditRecord(P2, "Osk", subject=S2),
                horen.EditRecord(P1, "Nile", subject=S1)]

@@ -256,8 +256,8 @@ class EntityHoReN(HoReN):
         else:
             self.anchors = {i: a[m.bool()] for i, a, m in zip(ids, anchors, mask)}
         if questions is None and ids and self.config.question_tau is not None:
-            raise ValueError("this edit set has no question keys (saved before the question "
-                             "gate): load it with question_tau=None")
+            raise ValueError("this edit set has question_tau set but no question keys: "
+                             "its edits.safetensors is incomplete")
         self.questions = {} if questions is None else dict(zip(ids, questions))
 
 
