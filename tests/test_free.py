@@ -207,3 +207,38 @@ def test_newline_stop_skips_leading_newlines():
     width = max(map(len, rows))
     ids = torch.tensor([r + [tok.eos_token_id] * (width - len(r)) for r in rows])
     assert stop(ids, None).tolist() == [False, True]
+
+
+def _bowl(batch, init):
+    """A toy value loss for train_value: one target token per row whose loss is
+    softplus(500 * |v - 1.25|^2 - 10), least at v = 1.25: Adam steps of 1 bounce around it."""
+    rows = torch.arange(init.shape[0])
+
+    def forward(values):
+        if values is None:
+            return rows, None, torch.zeros_like(rows)
+        logit = 10 - 500 * ((values - 1.25) ** 2).sum(-1)
+        return rows, torch.stack([logit, torch.zeros_like(logit)], -1), torch.zeros_like(rows)
+
+    return forward
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_a_plateau_above_converge_loss_goes_on_with_a_smaller_step(decay, monkeypatch):
+    """The reference rule stops at the first bounce (patience 1); plateau_decay goes back to
+    the best value with a smaller step, and the row converges."""
+    model, tok = build("llama")
+    ed = HoReN(model, tok, lr=1.0, patience=1, max_steps=100, plateau_decay=decay,
+               stop_loss=1e-3, converge_loss=5e-2)
+    monkeypatch.setattr(ed, "_tail_forward", _bowl)
+    init = torch.zeros(2, 4)
+    init[1] = 1.24  # a second row, already near the optimum: rows keep their own step sizes
+    values, stats = ed.train_value(init, batch=None, truncated=True)
+    if decay:
+        assert [s["converged"] for s in stats] == [True, True]
+        assert stats[0]["steps"] > 3
+    else:
+        assert stats[0]["converged"] is False and stats[0]["steps"] <= 3
+    assert stats[1]["converged"] is True
+    with pytest.raises(ValueError, match="plateau_decay"):
+        HoReN(model, tok, plateau_decay=1.0)

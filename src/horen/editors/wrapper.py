@@ -47,6 +47,11 @@ class TrainConfig(EditorConfig):
         default=0.05, metadata={"help": "early-stop loss (the reference: 0.01)"}
     )
     patience: int = dataclasses.field(default=3, metadata={"help": "steps without improvement"})
+    plateau_decay: float = dataclasses.field(
+        default=0.0,
+        metadata={"help": "at a plateau above converge_loss, go on from the best value with "
+                  "the learning rate times this (0: stop there, the reference's rule)"},
+    )
     value_init: str = dataclasses.field(
         default="zero", metadata={"help": "'zero', or 'cold' (uniform [0,1), the reference's)"}
     )
@@ -80,6 +85,8 @@ class TrainConfig(EditorConfig):
             raise ValueError(f"value must be 'direct' or 'lora', not {self.value!r}")
         if not self.answer_end:
             raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
+        if not 0 <= self.plateau_decay < 1:
+            raise ValueError(f"plateau_decay must be in [0, 1), not {self.plateau_decay}")
         if self.lr <= 0 or self.max_steps < 1 or self.patience < 1:
             raise ValueError("lr must be > 0, max_steps and patience >= 1")
 
@@ -276,7 +283,9 @@ class CodebookEditor(SwappedLayerEditor):
 
         Every row has its own value and its own early stop; the summed loss gives each value
         exactly the gradient of its own row (Adam is per element), so a batch trains as its
-        rows would alone. With ``truncated`` only layers L..end run, on the last prompt token
+        rows would alone. With ``plateau_decay`` a row that stops improving above
+        ``converge_loss`` goes back to its best value and on with a smaller step (its own
+        learning rate times ``plateau_decay``, at most 8 times), instead of stopping. With ``truncated`` only layers L..end run, on the last prompt token
         and the targets (:meth:`horen.suffix.Suffix.tail`); otherwise the full model runs
         every step (the reference's cost; same results up to float rounding).
 
@@ -297,6 +306,8 @@ class CodebookEditor(SwappedLayerEditor):
         best_value, start = value.detach().clone(), None
         stale, steps = torch.zeros(n_b, dtype=torch.long), torch.zeros(n_b, dtype=torch.long)
         active = torch.ones(n_b, dtype=torch.bool)
+        scale = torch.ones(n_b)  # each row's learning rate, relative to cfg.lr
+        min_scale = cfg.plateau_decay**8
         for step in range(1, cfg.max_steps + 1):
             _, logits, _ = forward(value)
             token_loss = F.cross_entropy(logits, labels, reduction="none")
@@ -309,12 +320,28 @@ class CodebookEditor(SwappedLayerEditor):
             stale = torch.where(better, 0, stale + active.long())
             steps += active.long()
             if cfg.early_stop:
-                active &= ~((best < cfg.stop_loss) | (stale >= cfg.patience))
+                plateau = stale >= cfg.patience
+                if cfg.plateau_decay:
+                    decay = active & plateau & (best > cfg.converge_loss) & (scale > min_scale)
+                    if decay.any():
+                        scale[decay] *= cfg.plateau_decay
+                        stale[decay] = 0
+                        with torch.no_grad():
+                            value[decay] = best_value[decay]
+                        plateau &= ~decay
+                active &= ~((best < cfg.stop_loss) | plateau)
                 if not active.any():
                     break
             opt.zero_grad(set_to_none=True)
             per_row[active.to(per_row.device)].sum().backward()
-            opt.step()
+            if cfg.plateau_decay:
+                before = value.detach().clone()
+                opt.step()
+                with torch.no_grad():  # a per-row learning rate: scale each row's Adam step
+                    value.copy_(before + scale.to(value).view(-1, *[1] * (value.dim() - 1))
+                                * (value - before))
+            else:
+                opt.step()
         if not cfg.early_stop:  # the reference keeps the last value (loss: before its step)
             best, best_value = current, value.detach().clone()
         stats = [
