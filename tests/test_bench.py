@@ -211,6 +211,25 @@ def test_resume_runs_again_a_file_scored_by_an_older_decoding(tmp_path):
     assert kept["decoding_version"] == 1
 
 
+def test_resume_runs_again_a_file_made_with_other_editor_defaults(tmp_path):
+    """A finished file whose editor settings differ from today's defaults (max_steps 50 then)
+    is run again, not reported as done; one made with today's settings is kept."""
+    full = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2], scorers=["tf"]), RECORDS,
+                            build("llama"))
+    path = tmp_path / full["file"]
+    kept = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2], scorers=["tf"], resume=True),
+                            RECORDS, build("llama"))
+    assert kept["started"] == full["started"]
+    old = json.loads(path.read_text())
+    old["editor"]["config"]["max_steps"], old["started"] = 50, "old"
+    path.write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match="other editor settings .max_steps."):
+        again = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2], scorers=["tf"], resume=True),
+                                 RECORDS, build("llama"))
+    assert again["started"] != "old"
+    assert again["editor"]["config"]["max_steps"] == full["editor"]["config"]["max_steps"]
+
+
 def test_resume_restarts_a_killed_run_of_an_older_decoding(tmp_path):
     def kill(entry, editor):
         if entry["n"] == 2:

@@ -343,7 +343,7 @@ def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
     if not (side / "state.json").exists():
         if path.exists():
             done = json.loads(path.read_text())
-            if done.get("complete") and not _stale(done, path):
+            if done.get("complete") and not _stale(done, path) and _same_editor(done, cfg, path):
                 return {"complete": True, "result": done}
         return None
     state = json.loads((side / "state.json").read_text())
@@ -357,6 +357,26 @@ def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
     if diff:
         raise ValueError(f"cannot resume {side}: the settings differ ({', '.join(diff)})")
     return state
+
+
+def _same_editor(result: dict, cfg: BenchConfig, path: Path) -> bool:
+    """False (with a warning) for a finished run whose editor settings are not the ones this
+    run would use (a default changed since): it is run again rather than reported as done."""
+    cls = get_method(cfg.method)
+    overrides = {**cfg.overrides, "chat": cfg.chat or bool(cfg.overrides.get("chat", False))}
+    want = dataclasses.asdict(cls.config_class(**overrides))
+    had = result.get("editor", {}).get("config", {})
+    diff = sorted(k for k in want if k in had and had[k] != want[k])
+    diff += sorted(k for k in want if k not in had and want[k] != _default(cls, k))
+    if diff:
+        warnings.warn(f"{path} was made with other editor settings ({', '.join(diff)}): "
+                      "running it again from the start")
+    return not diff
+
+
+def _default(cls, name: str):
+    field = next(f for f in dataclasses.fields(cls.config_class) if f.name == name)
+    return field.default
 
 
 def _stale(result: dict, path: Path) -> bool:
