@@ -125,6 +125,20 @@ if step entity_question; then  # horen-entity's question gate, on the same held-
       --question-taus off 0.6 0.7 0.75 0.8 0.85 | tee $cal/entity_question_$1_offset$2_n300.txt
   done
 fi
+if step convergence; then  # issue 30: edits above loss 0.1 on the synthetic stream's first 200
+  .venv/bin/python benchmarks/convergence.py --dataset synthetic:10000 --n 200 --threads 2 \
+    --setting default='{}' \
+    --setting steps400_decay='{"max_steps": 400, "plateau_decay": 0.5}' \
+    --out results/convergence/synthetic_n200.json
+fi
+if step relation_keys; then  # issue 26: which key separates paraphrases from same-subject prompts
+  .venv/bin/python benchmarks/relation_keys.py --dataset knowedit --n 806 --threads 2 \
+    --out results/relation_keys_knowedit_n806.json
+  .venv/bin/python benchmarks/relation_keys.py --dataset zsre --n 300 --offset 3000 --threads 2 \
+    --out results/relation_keys_zsre_offset3000_n300.json
+  .venv/bin/python benchmarks/relation_keys.py --dataset counterfact --n 300 --offset 5000 \
+    --threads 2 --out results/relation_keys_counterfact_offset5000_n300.json
+fi
 if step entity; then  # horen-entity (issue 26) on the hard-neighbour data, then ZsRE
   bench --method horen-entity --dataset counterfact --n 1000 --checkpoints 1,10,100,1000
   bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806
