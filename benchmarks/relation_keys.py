@@ -84,8 +84,8 @@ def main() -> None:
     out = {"dataset": args.dataset, "offset": args.offset, "records": n,
            "same_subject_templates": list(SAME_SUBJECT), "negative_templates": list(NEGATIVES),
            "designs": {}}
-    sc = (own(para), own(loc), own_same(same))
-    out["designs"]["pooled"] = {str(t): rates(*sc, t) for t in THRESHOLDS}
+    pooled_scores = (own(para), own(loc), own_same(same))
+    out["designs"]["pooled"] = {str(t): rates(*pooled_scores, t) for t in THRESHOLDS}
 
     subject = neg[:, 0]  # the prompt "<subject>" alone
 
@@ -99,9 +99,9 @@ def main() -> None:
     out["designs"]["pooled-minus-subject"] = {str(t): rates(*sc, t) for t in (0.3, 0.4, 0.5, 0.6, 0.7)}
 
     hardest = (neg * keys[:, None]).sum(-1).max(1).values
-    sc = (own(para), own(loc), own_same(same))
     out["designs"]["pooled-negatives"] = {
-        f"margin {m}": rates(*sc, torch.clamp(hardest + m, min=0.7)) for m in (-0.05, 0.0, 0.03)}
+        f"margin {m}": rates(*pooled_scores, torch.clamp(hardest + m, min=0.7))
+        for m in (-0.05, 0.0, 0.03)}
 
     q = torch.split(question, [n, n, n, n * s, n * g])
     qk = q[0]

@@ -16,6 +16,7 @@ safer for locality). These are routing rates, an upper bound on the edited model
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -29,15 +30,13 @@ DEFAULT_TAUS = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))  # 0.5 .. 0.9
 
 
 class _Rates:
-    """The routing rates' geometric mean, for the sweep rows below (``rel``, ``gen``, ``loc``)."""
+    """The geometric mean ``op`` of a sweep row's routing rates (the fields ``RATES`` names)."""
 
-    rel: float
-    gen: float
-    loc: float
+    RATES = ("rel", "gen", "loc")
 
     @property
     def op(self) -> float:
-        return (self.rel * self.gen * self.loc) ** (1 / 3)
+        return math.prod(getattr(self, name) for name in self.RATES) ** (1 / len(self.RATES))
 
 
 @dataclass
@@ -140,9 +139,7 @@ class EntityRow(_Rates):
     same: float
     entries: int
 
-    @property
-    def op(self) -> float:
-        return (self.rel * self.gen * self.loc * self.same) ** (1 / 4)
+    RATES = ("rel", "gen", "loc", "same")
 
 
 DEFAULT_ANCHOR_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -211,15 +208,12 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question
             editor.close()
         groups = {"probes": range(n, n + m), "locs": range(n + m, n + m + k),
                   "sames": range(n + m + k, len(tokens))}
-        for tau in taus:
-            for anchor_tau in anchor_taus:
-                for question_tau in question_taus:
-                    rates = _simulate_entity(
-                        pooled, tokens, questions, subjects, [r.target for r in records],
-                        [t for _, t in probes], groups,
-                        {"tau": tau, "anchor_tau": anchor_tau, "question_tau": question_tau},
-                        hop)
-                    rows.append(EntityRow(layer, tau, anchor_tau, question_tau, *rates))
+        for tau, anchor_tau, question_tau in itertools.product(taus, anchor_taus, question_taus):
+            rates = _simulate_entity(
+                pooled, tokens, questions, subjects, [r.target for r in records],
+                [t for _, t in probes], groups,
+                {"tau": tau, "anchor_tau": anchor_tau, "question_tau": question_tau}, hop)
+            rows.append(EntityRow(layer, tau, anchor_tau, question_tau, *rates))
     best = max(rows, key=lambda r: (0 if math.isnan(r.op) else r.op, r.tau, r.anchor_tau))
     return rows, best
 

@@ -130,15 +130,18 @@ def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
 
 def make_editor(cfg: BenchConfig, model, tokenizer) -> Editor:
     """The method's editor with ``cfg.overrides`` applied (unknown fields are an error)."""
-    cls = get_method(cfg.method)
-    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    return get_method(cfg.method)(model, tokenizer, **_editor_overrides(cfg))
+
+
+def _editor_overrides(cfg: BenchConfig) -> dict:
+    """The settings ``cfg`` gives its method's editor (unknown fields are an error)."""
+    known = {f.name for f in dataclasses.fields(get_method(cfg.method).config_class)}
     unknown = sorted(set(cfg.overrides) - known)
     if unknown:
         raise ValueError(
             f"{cfg.method} has no setting {unknown}; known: {', '.join(sorted(known))}"
         )
-    overrides = {**cfg.overrides, "chat": cfg.chat or bool(cfg.overrides.get("chat", False))}
-    return cls(model, tokenizer, **overrides)
+    return {**cfg.overrides, "chat": cfg.chat or bool(cfg.overrides.get("chat", False))}
 
 
 def run_bench(
@@ -362,21 +365,15 @@ def _load_resume(side: Path, cfg: BenchConfig, path: Path) -> dict | None:
 def _same_editor(result: dict, cfg: BenchConfig, path: Path) -> bool:
     """False (with a warning) for a finished run whose editor settings are not the ones this
     run would use (a default changed since): it is run again rather than reported as done."""
-    cls = get_method(cfg.method)
-    overrides = {**cfg.overrides, "chat": cfg.chat or bool(cfg.overrides.get("chat", False))}
-    want = dataclasses.asdict(cls.config_class(**overrides))
+    config_class = get_method(cfg.method).config_class
+    want = dataclasses.asdict(config_class(**_editor_overrides(cfg)))
+    default = dataclasses.asdict(config_class())  # for settings newer than the file
     had = result.get("editor", {}).get("config", {})
-    diff = sorted(k for k in want if k in had and had[k] != want[k])
-    diff += sorted(k for k in want if k not in had and want[k] != _default(cls, k))
+    diff = sorted(k for k in want if had.get(k, default[k]) != want[k])
     if diff:
         warnings.warn(f"{path} was made with other editor settings ({', '.join(diff)}): "
                       "running it again from the start")
     return not diff
-
-
-def _default(cls, name: str):
-    field = next(f for f in dataclasses.fields(cls.config_class) if f.name == name)
-    return field.default
 
 
 def _stale(result: dict, path: Path) -> bool:

@@ -147,8 +147,8 @@ class EntityHoReN(HoReN):
         pooled = super().query(acts, ctx)
         width = ctx.mask.shape[1]
         tokens = normalize(self._acts[:, :width].float())
-        last = ctx.last.clamp(max=acts.shape[1] - 1)
-        question = normalize(acts[torch.arange(len(acts)), last].float())
+        at = ctx.last.clamp(max=acts.shape[1] - 1)
+        question = normalize(acts[torch.arange(len(acts)), at].float())
         subject = None
         if self._subject_pos is not None:
             subject = [t[first : last + 1] for t, (first, last) in zip(tokens, self._subject_pos)]
@@ -162,8 +162,9 @@ class EntityHoReN(HoReN):
         cached, matrix, mask = self._matrix
         if cached == ids:
             return matrix, mask
-        new = [self.anchors[i] for i in ids[len(cached) :]]
-        if cached and ids[: len(cached)] == cached and max(len(a) for a in new) <= matrix.shape[1]:
+        added = _appended(cached, ids)
+        new = [self.anchors[i] for i in added or ()]
+        if added and max(len(a) for a in new) <= matrix.shape[1]:
             more, more_mask = _padded(new, matrix.shape[1])
             matrix, mask = torch.cat([matrix, more.to(matrix)]), torch.cat([mask, more_mask])
         else:
@@ -176,8 +177,9 @@ class EntityHoReN(HoReN):
         ids = self.codebook.ids
         cached, matrix = self._questions
         if cached != ids:
-            if cached and ids[: len(cached)] == cached:
-                more = torch.stack([self.questions[i] for i in ids[len(cached) :]])
+            added = _appended(cached, ids)
+            if added:
+                more = torch.stack([self.questions[i] for i in added])
                 matrix = torch.cat([matrix, more.to(matrix)])
             else:
                 matrix = torch.stack([self.questions[i] for i in ids])
@@ -259,6 +261,14 @@ class EntityHoReN(HoReN):
             raise ValueError("this edit set has question_tau set but no question keys: "
                              "its edits.safetensors is incomplete")
         self.questions = {} if questions is None else dict(zip(ids, questions))
+
+
+def _appended(cached: list[int], ids: list[int]) -> list[int] | None:
+    """The entry ids written since a matrix was cached for ``cached`` (which ``ids`` then
+    extend), or None when it must be rebuilt (a removal, or nothing cached yet)."""
+    if cached and ids[: len(cached)] == cached:
+        return ids[len(cached) :]
+    return None
 
 
 def _padded(anchors: list[torch.Tensor], width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -285,9 +285,10 @@ class CodebookEditor(SwappedLayerEditor):
         exactly the gradient of its own row (Adam is per element), so a batch trains as its
         rows would alone. With ``plateau_decay`` a row that stops improving above
         ``converge_loss`` goes back to its best value and on with a smaller step (its own
-        learning rate times ``plateau_decay``, at most 8 times), instead of stopping. With ``truncated`` only layers L..end run, on the last prompt token
-        and the targets (:meth:`horen.suffix.Suffix.tail`); otherwise the full model runs
-        every step (the reference's cost; same results up to float rounding).
+        learning rate times ``plateau_decay``, at most 8 times), instead of stopping. With
+        ``truncated`` only layers L..end run, on the last prompt token and the targets
+        (:meth:`horen.suffix.Suffix.tail`); otherwise the full model runs every step (the
+        reference's cost; same results up to float rounding).
 
         Returns:
             ``(values, stats)``: the kept values ``(B, ...)`` (the best seen with early
