@@ -5,11 +5,15 @@ and three unrelated questions, before and after.
 
     python benchmarks/read_answers.py
 """
-import warnings, torch
+import warnings
+
+import torch
+
 torch.set_num_threads(2); warnings.simplefilter("ignore")
 import horen
 from horen.demo import FACTS, UNRELATED
 from horen.subject import infer_subject
+
 model, tok = horen.load_model()
 facts = FACTS[:6]
 same_subj = [f"Where is {infer_subject(p)} based?" for p, *_ in facts]
