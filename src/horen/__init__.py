@@ -30,6 +30,7 @@ from .editors import (
     UltraEdit,
     get_method,
 )
+from .editset import open_edit_set
 from .models import ARCHITECTURES, load_model
 
 __all__ = [
@@ -54,5 +55,6 @@ __all__ = [
     "UltraEdit",
     "get_method",
     "load_model",
+    "open_edit_set",
 ]
 __version__ = "0.1.0"

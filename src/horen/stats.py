@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,7 +290,7 @@ def layer_stats(
     for layer, moment in moments.items():
         if cache:
             paths[layer].parent.mkdir(parents=True, exist_ok=True)
-            tmp = paths[layer].with_suffix(".tmp")
+            tmp = paths[layer].with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
             save_file(moment.state_dict(), tmp)
             tmp.replace(paths[layer])
         out[layer] = moment

@@ -103,6 +103,10 @@ class Editor(ABC):
 
     def __init__(self, model, tokenizer, config: EditorConfig | None = None, **overrides):
         config = config or self.config_class()
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(config))
+            raise ValueError(f"{self.method}: unknown setting(s) {unknown}; known: {known}")
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.model, self.tokenizer = model, tokenizer
         prepare_tokenizer(tokenizer)
@@ -224,7 +228,13 @@ class Editor(ABC):
         index = {e["id"]: e for e in self.edits}
         if edit_id not in index:
             raise KeyError(f"no edit with id {edit_id}")
-        later = self._conflicts(index[edit_id])
+        later, todo = set(), [edit_id]
+        while todo:  # what builds on the edit, and on those, and so on
+            for eid in self._conflicts(index[todo.pop()]):
+                if eid not in later and eid != edit_id:
+                    later.add(eid)
+                    todo.append(eid)
+        later = sorted(later)
         if later and not cascade:
             raise ValueError(
                 f"edits {later} were built on edit {edit_id}; remove them first or pass cascade"
@@ -273,6 +283,7 @@ class Editor(ABC):
         use_cache: bool = True,
         return_ids: bool = False,
         stop_at_newline: bool = False,
+        chat: bool | None = None,
     ):
         """Greedy answers of the edited model.
 
@@ -288,6 +299,7 @@ class Editor(ABC):
             stop_at_newline: end each answer at its first newline after some text (a
                 newline before any text is skipped), as well as at the end-of-sequence
                 token; the free-generation scorer's answers (:mod:`horen.metrics.free`).
+            chat: wrap the prompts in the chat template (default: the config's ``chat``).
         """
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
@@ -295,12 +307,12 @@ class Editor(ABC):
                    else [max_new_tokens] * len(prompts))
         if len(budgets) != len(prompts):
             raise ValueError(f"{len(budgets)} token budgets for {len(prompts)} prompts")
-        ids = [encode_prompt(self.tokenizer, p, self.config.chat) for p in prompts]
+        chat = self.config.chat if chat is None else chat
+        ids = [encode_prompt(self.tokenizer, p, chat) for p in prompts]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
-        chat = self.config.chat
         pools = [pool_positions(self.tokenizer, p, chat) if chat else [1] * len(i) for p, i in zip(prompts, ids)]
         pool = torch.tensor([[0] * (width - len(q)) + q for q in pools], device=self.device)
         ctx = PromptContext(mask, pool_mask=pool, reapply=not use_cache)
@@ -355,6 +367,9 @@ class Editor(ABC):
             "next_edit_id": self.next_edit_id,
             "state": state,
         }
+        if path.exists() and not (path / "edit_config.json").exists() and (
+                not path.is_dir() or any(path.iterdir())):
+            raise ValueError(f"{path} exists and is not a saved edit set; refusing to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -392,8 +407,13 @@ class Editor(ABC):
             editor.close()
             details = ", ".join(f"{k}: saved {theirs[k]!r}, this model {mine[k]!r}" for k in diff)
             raise ValueError(f"{path} was saved from another model ({details})")
-        editor._load_state(meta["state"], tensors)
-        editor.edits, editor.next_edit_id = meta["edits"], meta["next_edit_id"]
+        try:
+            editor._load_state(meta["state"], tensors)
+            editor.edits, editor.next_edit_id = meta["edits"], meta["next_edit_id"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            editor.close()  # the model is left as it was: a later editor can wrap it
+            raise ValueError(f"{path}: the saved edits do not load ({type(err).__name__}: "
+                             f"{err})") from err
         return editor
 
     def close(self) -> None:
@@ -414,16 +434,51 @@ class NewlineStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def saved_dir(path: str | os.PathLike) -> Path | None:
+    """The directory holding the edit set saved at ``path``, or None if there is none.
+
+    A save that crashed between its two renames leaves no ``path`` but the previous save
+    intact beside it (``.NAME.old-PID``): that one (the newest, if several) is returned.
+    """
+    path = Path(path)
+    if (path / "edit_config.json").exists():
+        return path
+    olds = [p for p in path.parent.glob(f".{path.name}.old-*") if (p / "edit_config.json").exists()]
+    if not olds:
+        return None
+    newest = max(olds, key=lambda p: (p / "edit_config.json").stat().st_mtime)
+    warnings.warn(f"{path} is missing; reading the previous save {newest}", stacklevel=3)
+    return newest
+
+
+def read_meta(path: str | os.PathLike) -> dict | None:
+    """The metadata of the edit set at ``path`` (None if there is none), checked."""
+    where = saved_dir(path)
+    return None if where is None else _meta_at(where)
+
+
+def _meta_at(where: Path) -> dict:
+    try:
+        meta = json.loads((where / "edit_config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where / 'edit_config.json'} is unreadable: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{where}: unknown format {found!r}, expected {FORMAT}")
+    missing = [k for k in ("method", "config", "model", "edits", "next_edit_id", "state")
+               if k not in meta]
+    if missing:
+        raise ValueError(f"{where / 'edit_config.json'}: missing {missing}")
+    return meta
+
+
 def read_saved(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(meta, tensors)`` of a saved edit set, with clear errors for what is wrong."""
-    if not (path / "edit_config.json").exists():
-        olds = sorted(path.parent.glob(f".{path.name}.old-*"))
-        if olds:  # a save crashed between its two renames: the previous one is intact
-            warnings.warn(f"{path} is missing; reading the previous save {olds[-1]}", stacklevel=3)
-            path = olds[-1]
-        else:
-            raise FileNotFoundError(f"no saved edits at {path} (no edit_config.json)")
-    meta = json.loads((path / "edit_config.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT}")
-    return meta, load_file(path / "edits.safetensors")
+    where = saved_dir(path)
+    if where is None:
+        raise FileNotFoundError(f"no saved edits at {path} (no edit_config.json)")
+    meta = _meta_at(where)
+    try:
+        return meta, load_file(where / "edits.safetensors")
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{where / 'edits.safetensors'} is unreadable: {err}") from err

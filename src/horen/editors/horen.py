@@ -81,6 +81,8 @@ class HoReN(CodebookEditor):
         defaults = routing_defaults(model)
         self.tau = self.config.tau if self.config.tau is not None else defaults.get("tau", 0.8)
         self.pool_ratio = self.config.pool_ratio or defaults.get("pool_ratio", 0.6)
+        # the config records the values in use: a saved edit set reloads with them
+        self.config = dataclasses.replace(self.config, tau=self.tau, pool_ratio=self.pool_ratio)
         self.router = ExactRouter()
         self._faiss, self._faiss_ids = None, []
 
