@@ -1,7 +1,7 @@
 """``horen``: a thin command-line shell over the library.
 
-Subcommands: ``edit``, ``generate``, ``edits list|remove``, ``demo``, ``calibrate``, and
-``bench`` / ``report`` (mounted from :mod:`horen.bench` and :mod:`horen.report`).
+Subcommands: ``edit``, ``generate``, ``edits list|remove``, ``serve``, ``demo``,
+``calibrate``, and ``bench`` / ``report`` (mounted from :mod:`horen.bench` and :mod:`horen.report`).
 An edit set lives in a directory (``--edits DIR``, default ``horen-edits``); it remembers its
 method, its settings and the model it belongs to, so later commands need only the directory.
 """
@@ -38,25 +38,13 @@ def _overrides(pairs: list[str] | None) -> dict:
     return out
 
 
-def _saved_meta(path: Path) -> dict | None:
-    cfg = path / "edit_config.json"
-    return json.loads(cfg.read_text()) if cfg.exists() else None
+def open_editor(args):
+    """The model and the edit set at ``args.edits`` (:func:`horen.open_edit_set`)."""
+    from .editset import open_edit_set
 
-
-def open_editor(args, need_model: bool = True):
-    """Load the model and the edit set at ``args.edits`` (or start an empty one)."""
-    import horen
-
-    path = Path(args.edits)
-    meta = _saved_meta(path)
-    name = args.model or (meta["model"]["name"] if meta else None)
-    model, tok = horen.load_model(name, device=args.device, dtype=args.dtype)
-    if meta:
-        if args.method and args.method != meta["method"]:
-            raise ValueError(f"{path} holds '{meta['method']}' edits, not '{args.method}'")
-        return horen.Editor.load(model, tok, path)
-    method = horen.get_method(args.method or "horen")
-    return method(model, tok, **_overrides(getattr(args, "set", None)))
+    return open_edit_set(args.edits, model=args.model, method=args.method,
+                         settings=_overrides(getattr(args, "set", None)),
+                         device=args.device, dtype=args.dtype)
 
 
 def cmd_edit(args) -> int:
@@ -105,8 +93,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edits(args) -> int:
+    from .editors.base import read_meta
+
     path = Path(args.edits)
-    meta = _saved_meta(path)
+    meta = read_meta(path)
     if meta is None:
         raise SystemExit(f"no saved edits at {path}")
     if args.action == "list":
@@ -178,6 +168,27 @@ def _calibrate_entity(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+    import os
+
+    import uvicorn
+
+    from .serve import EditService, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    token = args.token or os.environ.get("HOREN_TOKEN") or None
+    editor = open_editor(args)
+    service = EditService(editor, args.edits)
+    print(f"horen serve: {len(editor.edits)} {editor.method} edits from {args.edits} on "
+          f"{editor.identity()['name']}; http://{args.host}:{args.port}"
+          + ("" if token else "  (READ-ONLY: no --token or HOREN_TOKEN, edits are refused)"),
+          flush=True)
+    uvicorn.run(create_app(service, token), host=args.host, port=args.port, access_log=False,
+                log_level="warning")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -231,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int, nargs="?", help="edit id to remove")
     p.add_argument("--cascade", action="store_true", help="also remove edits built on it")
     p.set_defaults(func=cmd_edits)
+
+    p = sub.add_parser("serve", parents=[common, edits],
+                       help="serve the edited model over HTTP (OpenAI-compatible) with live edits")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: localhost only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="bearer token for writes (default: $HOREN_TOKEN; none = "
+                   "read-only)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="method setting of a new edit set")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="edit the embedded model, show before/after")
     p.add_argument("--n", type=int, default=10, choices=range(1, 11), metavar="1..10",
