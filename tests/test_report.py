@@ -206,10 +206,12 @@ def test_readme_section_is_replaced_between_markers(results_dir, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nintro\n\n{report.START}\nold table\n{report.END}\n\n## After\n")
     results = report.load_results(sorted(results_dir.glob("*.json")))
-    text = report.update_readme(readme, results)
-    assert "old table" not in text and "| horen |" in text
+    text = report.update_readme(readme, results, str(tmp_path / "out" / "report.md"))
+    assert "old table" not in text and "| horen |" in text and "(out/report.md)" in text
+    head, row = text.split("| method |", 1)[1].split("\n")[0], text.split("| horen |")[1]
+    assert "zsre" in head and " / " in row  # one column per dataset: TF OP / free OP
     assert text.startswith("# Title\n\nintro\n\n") and text.endswith(f"{report.END}\n\n## After\n")
-    assert report.update_readme(readme, results) == text  # idempotent
+    assert report.update_readme(readme, results, str(tmp_path / "out" / "report.md")) == text
     fresh = tmp_path / "NEW.md"
     fresh.write_text("# Other\n")
     assert report.START in report.update_readme(fresh, results)
