@@ -242,3 +242,19 @@ def test_a_plateau_above_converge_loss_goes_on_with_a_smaller_step(decay, monkey
     assert stats[1]["converged"] is True and torch.equal(values[1], init[1])
     with pytest.raises(ValueError, match="plateau_decay"):
         HoReN(model, tok, plateau_decay=1.0)
+
+
+def test_lbfgs_trains_each_row_to_its_own_minimum_and_stops_finished_rows(monkeypatch):
+    """L-BFGS on the bowl: both rows converge; the row that starts near the optimum finishes
+    first and is not moved after (its steps stop counting); a bad name is refused."""
+    model, tok = build("llama")
+    ed = HoReN(model, tok, optimizer="lbfgs", max_steps=60, stop_loss=1e-3, converge_loss=5e-2)
+    monkeypatch.setattr(ed, "_tail_forward", _bowl)
+    init = torch.zeros(2, 4)
+    init[1] = 1.24
+    values, stats = ed.train_value(init, batch=None, truncated=True)
+    assert [s["converged"] for s in stats] == [True, True]
+    assert stats[1]["steps"] == 1 and torch.equal(values[1], init[1])
+    assert stats[0]["steps"] < 60 and torch.allclose(values[0], torch.full((4,), 1.25), atol=0.01)
+    with pytest.raises(ValueError, match="optimizer"):
+        HoReN(model, tok, optimizer="sgd")

@@ -55,6 +55,11 @@ class TrainConfig(EditorConfig):
     value_init: str = dataclasses.field(
         default="zero", metadata={"help": "'zero', or 'cold' (uniform [0,1), the reference's)"}
     )
+    optimizer: str = dataclasses.field(
+        default="adam",
+        metadata={"help": "'adam' (the paper's) or 'lbfgs' (quasi-Newton with a line search; "
+                  "max_steps then counts loss evaluations)"},
+    )
     value: str = dataclasses.field(default="direct", metadata={"help": "'direct' or 'lora'"})
     lora_rank: int = dataclasses.field(default=4, metadata={"help": "rank of LoRA values"})
     truncate: bool = dataclasses.field(
@@ -81,6 +86,8 @@ class TrainConfig(EditorConfig):
     def __post_init__(self) -> None:
         if self.value_init not in ("zero", "cold"):
             raise ValueError(f"value_init must be 'zero' or 'cold', not {self.value_init!r}")
+        if self.optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', not {self.optimizer!r}")
         if self.value not in ("direct", "lora"):
             raise ValueError(f"value must be 'direct' or 'lora', not {self.value!r}")
         if not self.answer_end:
@@ -301,6 +308,14 @@ class CodebookEditor(SwappedLayerEditor):
         rows, _, labels = forward(None)
         n_b = init.shape[0]
         count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
+
+        def row_losses(value):
+            _, logits, _ = forward(value)
+            token_loss = F.cross_entropy(logits, labels, reduction="none")
+            return torch.zeros(n_b, device=labels.device).index_add(0, rows, token_loss) / count
+
+        if cfg.optimizer == "lbfgs":
+            return self._train_lbfgs(init, row_losses)
         value = init.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([value], lr=cfg.lr)
         best = torch.full((n_b,), float("inf"))
@@ -310,9 +325,7 @@ class CodebookEditor(SwappedLayerEditor):
         scale = torch.ones(n_b)  # each row's learning rate, relative to cfg.lr
         min_scale = cfg.plateau_decay**8
         for step in range(1, cfg.max_steps + 1):
-            _, logits, _ = forward(value)
-            token_loss = F.cross_entropy(logits, labels, reduction="none")
-            per_row = torch.zeros(n_b, device=labels.device).index_add(0, rows, token_loss) / count
+            per_row = row_losses(value)
             current = per_row.detach().cpu()
             start = current.clone() if start is None else start
             better = active & (current < best - 1e-4)
@@ -345,16 +358,69 @@ class CodebookEditor(SwappedLayerEditor):
                 opt.step()
         if not cfg.early_stop:  # the reference keeps the last value (loss: before its step)
             best, best_value = current, value.detach().clone()
-        stats = [
+        return best_value, self._stats(steps, start, best)
+
+    def _stats(self, steps, start, best) -> list[dict]:
+        return [
             {
                 "steps": int(steps[b]),
                 "loss_start": round(float(start[b]), 5),
                 "loss": round(float(best[b]), 5),
-                "converged": bool(best[b] <= cfg.converge_loss),
+                "converged": bool(best[b] <= self.config.converge_loss),
             }
-            for b in range(n_b)
+            for b in range(len(best))
         ]
-        return best_value, stats
+
+    def _train_lbfgs(self, init: torch.Tensor, row_losses):
+        """L-BFGS (strong-Wolfe line search) on the summed loss of the rows still training.
+
+        The rows' losses are independent, so the sum's minimum is each row's. When a row gets
+        below ``stop_loss`` it leaves the sum and the optimizer restarts on the rest from their
+        best values (a fresh history moves no finished row). A run that ends without a row
+        finishing has stalled: training stops. ``max_steps`` bounds the loss evaluations,
+        which are each row's ``steps``.
+        """
+        cfg, n_b = self.config, init.shape[0]
+        value = init.detach().clone().requires_grad_(True)
+        best = torch.full((n_b,), float("inf"))
+        best_value, start = value.detach().clone(), None
+        steps = torch.zeros(n_b, dtype=torch.long)
+        active = torch.ones(n_b, dtype=torch.bool)
+        evals = 0
+
+        class Finished(Exception):
+            pass
+
+        def closure():
+            nonlocal evals, start
+            opt.zero_grad(set_to_none=True)
+            per_row = row_losses(value)
+            current = per_row.detach().cpu()
+            start = current.clone() if start is None else start
+            better = active & (current < best)
+            best[better], best_value[better] = current[better], value.detach()[better]
+            steps.add_(active.long())
+            evals += 1
+            if (active & (best < cfg.stop_loss)).any() or evals >= cfg.max_steps:
+                raise Finished
+            loss = per_row[active.to(per_row.device)].sum()
+            loss.backward()
+            return loss
+
+        while active.any() and evals < cfg.max_steps:
+            if start is not None:  # a restart: from the best values seen
+                with torch.no_grad():
+                    value.copy_(best_value)
+            opt = torch.optim.LBFGS([value], lr=1, max_iter=cfg.max_steps, history_size=20,
+                                    line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+                                    tolerance_change=1e-12)
+            try:
+                opt.step(closure)
+            except Finished:
+                active &= ~(best < cfg.stop_loss)
+                continue
+            break  # the optimizer stopped on its own: a plateau
+        return best_value, self._stats(steps, start, best)
 
     def _full_forward(self, batch: Batch):
         """``forward(values) -> (rows, logits, labels)`` through the whole model."""
