@@ -91,3 +91,24 @@ def test_an_edit_that_did_not_converge_says_so(model_dir, tmp_path, capsys):
     assert "NOT CONVERGED (loss " in capsys.readouterr().out
     assert main(["edits", "list", "--edits", edits]) == 0
     assert "(NOT converged)" in capsys.readouterr().out
+
+
+def test_a_model_path_that_is_no_model_gets_one_line_saying_what_was_tried(tmp_path):
+    from horen.models import load_model
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="not a .gguf model"):
+        load_model(str(text))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither config.json nor a .gguf"):
+        load_model(str(tmp_path / "empty"))
+    (tmp_path / "two").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / "two" / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="2 .gguf files; pass one of them: a.gguf, b.gguf"):
+        load_model(str(tmp_path / "two"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="cannot load the model .* as a local folder"):
+        load_model(str(tmp_path / "broken"))

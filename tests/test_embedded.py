@@ -101,3 +101,15 @@ def test_demo_runs(smollm, capsys):
     out = capsys.readouterr().out
     assert out.count("after:") == 8 and "time per edit" in out
     assert out.count("tally:") == 4 and out.count("verdict:") == 2
+
+
+def test_a_local_gguf_file_or_its_folder_loads_like_the_embedded_model(tmp_path, monkeypatch):
+    from horen.models import _EMBEDDED_GGUF, _embedded_dir
+
+    monkeypatch.setenv("HOREN_CACHE", str(tmp_path / "cache"))
+    gguf = _embedded_dir() / _EMBEDDED_GGUF
+    model, _ = horen.load_model(str(gguf), device="cpu")
+    assert model.config.num_hidden_layers == 30 and model.horen_name == gguf.stem
+    again, _ = horen.load_model(str(_embedded_dir()), device="cpu")  # the folder: same cache
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 1
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)

@@ -227,14 +227,47 @@ def _embedded_dir() -> Path:
 
 
 def _convert_embedded(target: Path) -> None:
-    """Dequantize the GGUF once and save it as safetensors (atomic: tmp dir, then rename)."""
+    """Dequantize the embedded GGUF once and save it as safetensors."""
+    _convert_gguf(_embedded_dir(), _EMBEDDED_GGUF, target)
+
+
+def _local_gguf(name: str) -> Path | None:
+    """The GGUF file ``name`` points at (the file, or a folder holding one and no
+    ``config.json``); None for anything else that may be a model (a folder, a hub id)."""
+    path = Path(name)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path} is a file but not a .gguf model; pass a .gguf file, a model "
+                             "folder (config.json + weights) or a Hugging Face id")
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ValueError(f"{path} holds {len(found)} .gguf files; pass one of them: "
+                             + ", ".join(p.name for p in found))
+        raise ValueError(f"{path} is a folder with neither config.json nor a .gguf file: not a model")
+    return None
+
+
+def _gguf_cache(gguf: Path) -> Path:
+    """The converted copy of a local GGUF file, made once (keyed by path, size and mtime)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    target = cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
+    if not (target / "config.json").exists():
+        _convert_gguf(gguf.parent, gguf.name, target)
+    return target
+
+
+def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
+    """Dequantize a GGUF once and save it as safetensors (atomic: tmp dir, then rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _embedded_dir()
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_EMBEDDED_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=_EMBEDDED_GGUF, dtype=torch.float32
-    )
+    source = folder
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, dtype=torch.float32)
     config = model.config
     config.quantization_config = None  # the weights are dequantized: save them as plain ones
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -257,7 +290,8 @@ def load_model(
 
     Args:
         name: None or ``"smollm2-135m-instruct"`` for the embedded default; otherwise a Hugging
-            Face model id (needs a network) or a local directory.
+            Face model id (needs a network), a local directory, or a local ``.gguf`` file (or a
+            folder holding one), dequantized once into the cache.
         dtype: weights dtype; default float32 on CPU, bfloat16 on CUDA. Routing is always
             computed in float32 whatever this is.
         device: where to put the model (ignored when ``device_map`` is given).
@@ -282,10 +316,17 @@ def load_model(
         if not (path / "config.json").exists():
             _convert_embedded(path)
         source, label = str(path), EMBEDDED_MODEL
+    elif (gguf := _local_gguf(name)) is not None:
+        source, label = str(_gguf_cache(gguf)), gguf.stem
     else:
         source, label = name, name
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map)
+    except (OSError, ValueError, KeyError) as err:
+        tried = "a local folder" if Path(source).is_dir() else "a Hugging Face id (needs a network)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load the model {name!r} as {tried}: {first}") from err
     if device_map is None:
         model.to(device)
     model.eval()
