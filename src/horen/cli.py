@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -24,26 +23,13 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _overrides(pairs: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs; values parsed as JSON where they parse (numbers, true, null)."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, not {pair!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
-
-
 def open_editor(args):
     """The model and the edit set at ``args.edits`` (:func:`horen.open_edit_set`)."""
+    from .editors.base import parse_settings
     from .editset import open_edit_set
 
     return open_edit_set(args.edits, model=args.model, method=args.method,
-                         settings=_overrides(getattr(args, "set", None)),
+                         settings=parse_settings(getattr(args, "set", None)),
                          device=args.device, dtype=args.dtype)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shlex
 
+from ..editors.base import parse_settings
 from ..metrics import FREE_BUDGET, SCORERS
 
 PROTOCOLS = ("sequential", "immediate")
@@ -149,20 +150,6 @@ class BenchConfig:
         return shlex.join(parts)
 
 
-def parse_set(pairs: list[str] | None) -> dict:
-    """``["lr=0.5", "value_init=cold"]`` -> ``{"lr": 0.5, "value_init": "cold"}`` (JSON values)."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.replace(" ", "").split(",") if x]
 
@@ -241,7 +228,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         shuffle=args.shuffle,
         seed=args.seed,
         chat=args.chat,
-        overrides=parse_set(args.set),
+        overrides=parse_settings(args.set),
         threads=args.threads,
         resume=args.resume,
         data_root=args.data_root,

@@ -60,6 +60,22 @@ def get_method(name: str) -> type[Editor]:
     return METHODS[name]
 
 
+def parse_settings(pairs: list[str] | None) -> dict:
+    """``--set`` pairs -> settings: ``["lr=0.5", "value-init=cold"]`` -> ``{"lr": 0.5,
+    "value_init": "cold"}``. Values are JSON where they parse (numbers, true, null), else
+    strings; dashes in keys become underscores. The one parser of the CLI and the benchmark."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
 @dataclasses.dataclass
 class EditorConfig:
     """Base of every method's config: a dataclass that round-trips through JSON."""
