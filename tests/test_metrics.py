@@ -162,8 +162,10 @@ def test_base_model_scores_locality_one_and_disabled_is_the_base(tiny):
 
 def test_batching_does_not_change_scores(tiny):
     model, tok = tiny
-    ed = HoReN(model, tok)
+    ed = HoReN(model, tok, max_steps=5)
     ref = M.base_reference(ed, RECORDS, ["tf"], batch_size=1)
+    ed.edit(RECORDS[0].prompt, RECORDS[0].target)  # so that routing runs inside the batches
+    assert ed.routes([RECORDS[0].prompt]).tolist() == [0]
     one = M.score_teacher_forced(ed, RECORDS, ref, batch_size=1)
     many = M.score_teacher_forced(ed, RECORDS, ref, batch_size=8)
     for a, b in zip(one, many):

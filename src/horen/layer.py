@@ -132,14 +132,12 @@ class CodebookLayer(WrapperLayer):
             rows, values = ctx.decision, None
             if bool((rows == NO_MATCH).all()):
                 return out
-        batch = torch.arange(x.shape[0], device=x.device)
-        hit = rows != NO_MATCH
-        delta = self.editor.delta(rows.clamp_min(0), x[batch, last], values)
-        delta = delta.to(out.dtype) * hit[:, None].to(out.dtype)
+        hit = (rows != NO_MATCH).nonzero(as_tuple=True)[0]  # only these rows change at all
+        pos = last[hit]
+        delta = self.editor.delta(rows[hit], x[hit, pos], None if values is None else values[hit])
         out = out.clone()
         if self.editor.mode == "replace":
-            keep = out[batch, last] * (~hit)[:, None].to(out.dtype)
-            out[batch, last] = keep + delta
+            out[hit, pos] = delta.to(out.dtype)
         else:
-            out[batch, last] = out[batch, last] + delta
+            out[hit, pos] = out[hit, pos] + delta.to(out.dtype)
         return out
