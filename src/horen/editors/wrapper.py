@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..codebook import Codebook
 from ..layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
 from ..models import get_module, set_module
+from ..optim import rowwise_lbfgs
 from ..suffix import Suffix
 from ..text import Batch, answer_end_ids, make_batch
 from .base import Editor, EditorConfig, NotConvergedWarning
@@ -57,7 +58,7 @@ class TrainConfig(EditorConfig):
     )
     optimizer: str = dataclasses.field(
         default="adam",
-        metadata={"help": "'adam' (the paper's) or 'lbfgs' (quasi-Newton with a line search; "
+        metadata={"help": "'adam' (the paper's) or 'lbfgs' (per-edit L-BFGS with a line search; "
                   "max_steps then counts loss evaluations)"},
     )
     value: str = dataclasses.field(default="direct", metadata={"help": "'direct' or 'lora'"})
@@ -372,55 +373,11 @@ class CodebookEditor(SwappedLayerEditor):
         ]
 
     def _train_lbfgs(self, init: torch.Tensor, row_losses):
-        """L-BFGS (strong-Wolfe line search) on the summed loss of the rows still training.
-
-        The rows' losses are independent, so the sum's minimum is each row's. When a row gets
-        below ``stop_loss`` it leaves the sum and the optimizer restarts on the rest from their
-        best values (a fresh history moves no finished row). A run that ends without a row
-        finishing has stalled: training stops. ``max_steps`` bounds the loss evaluations,
-        which are each row's ``steps``.
-        """
-        cfg, n_b = self.config, init.shape[0]
-        value = init.detach().clone().requires_grad_(True)
-        best = torch.full((n_b,), float("inf"))
-        best_value, start = value.detach().clone(), None
-        steps = torch.zeros(n_b, dtype=torch.long)
-        active = torch.ones(n_b, dtype=torch.bool)
-        evals = 0
-
-        class Finished(Exception):
-            pass
-
-        def closure():
-            nonlocal evals, start
-            opt.zero_grad(set_to_none=True)
-            per_row = row_losses(value)
-            current = per_row.detach().cpu()
-            start = current.clone() if start is None else start
-            better = active & (current < best)
-            best[better], best_value[better] = current[better], value.detach()[better]
-            steps.add_(active.long())
-            evals += 1
-            if (active & (best < cfg.stop_loss)).any() or evals >= cfg.max_steps:
-                raise Finished
-            loss = per_row[active.to(per_row.device)].sum()
-            loss.backward()
-            return loss
-
-        while active.any() and evals < cfg.max_steps:
-            if start is not None:  # a restart: from the best values seen
-                with torch.no_grad():
-                    value.copy_(best_value)
-            opt = torch.optim.LBFGS([value], lr=1, max_iter=cfg.max_steps, history_size=20,
-                                    line_search_fn="strong_wolfe", tolerance_grad=1e-9,
-                                    tolerance_change=1e-12)
-            try:
-                opt.step(closure)
-            except Finished:
-                active &= ~(best < cfg.stop_loss)
-                continue
-            break  # the optimizer stopped on its own: a plateau
-        return best_value, self._stats(steps, start, best)
+        """Each row by its own L-BFGS, all rows' losses in one pass (:mod:`horen.optim`);
+        ``max_steps`` bounds each row's loss evaluations, which are its ``steps``."""
+        cfg = self.config
+        values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss)
+        return values, self._stats(st["evals"], st["start"], st["best"])
 
     def _full_forward(self, batch: Batch):
         """``forward(values) -> (rows, logits, labels)`` through the whole model."""
