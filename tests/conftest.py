@@ -7,6 +7,9 @@ Llama case (as Llama tokenizers add one).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -99,3 +102,28 @@ def _reference_cache(tmp_path, monkeypatch):
     import horen.bench.reference
 
     monkeypatch.setattr(horen.bench.reference, "default_root", lambda: tmp_path / "reference")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose input this machine lacks (a user's clone) - but fail under CI=true,
+    where everything it needs is installed and ``../shared`` is beside the checkout."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: it must be present)")
+    pytest.skip(reason)
+
+
+def require_shared(folder: str = "") -> Path:
+    """``../shared/data/<folder>`` (or under ``$HOREN_DATA``), else skip / fail as above."""
+    from horen.data.loaders import data_roots
+
+    for root in data_roots():
+        if (root / folder).is_dir():
+            return root / folder
+    skip_or_fail(f"../shared/data/{folder} is not present (the shared datasets are not beside "
+                 "this checkout)")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared()

@@ -294,7 +294,7 @@ def test_dataset_error_is_value_error():
 
 # --- the real staged files (skipped when ../shared/data is absent) -----------------------
 
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present")
+needs_shared = pytest.mark.usefixtures("shared_data")  # skipped in a clone, failed under CI
 
 
 @needs_shared

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require_shared
 
 import horen
 from horen.data import load_dataset
@@ -33,6 +34,7 @@ def test_embedded_model_is_the_expected_llama(smollm):
 
 def test_twenty_zsre_edits_reliability(smollm):
     model, tok = smollm
+    require_shared("zsre")
     records = load_dataset("zsre", n=20).records
     ed = horen.HoReN(model, tok)
     try:
@@ -55,6 +57,7 @@ def tf_reliability(editor, tok, model, records) -> float:
 @pytest.mark.parametrize("method,settings", [("wise", {}), ("ultraedit", {"lr": 3e-5})])
 def test_wise_and_ultraedit_edit_the_embedded_model(smollm, method, settings):
     model, tok = smollm
+    require_shared("zsre")
     records = load_dataset("zsre", n=4).records
     ed = horen.get_method(method)(model, tok, **settings)
     try:

