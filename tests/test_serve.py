@@ -40,9 +40,9 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "horen.cli", "serve", "--model", str(model_dir),
-               "--edits", str(edits), "--port", str(self.port), "--device", "cpu",
-               "--threads", "1", *extra]
+        cmd = [sys.executable, "-m", "horen.cli", "serve", "--edits", str(edits),
+               "--port", str(self.port), "--device", "cpu", "--threads", "1", *extra]
+        cmd += ["--model", str(model_dir)] if model_dir else []  # None: the embedded model
         env = {**os.environ, "HOREN_TOKEN": ""}
         if token:
             cmd += ["--token", token]
@@ -238,3 +238,26 @@ def test_worker_batches_answers_as_they_would_run_alone(tiny):
     eos = tok.eos_token_id
     assert got == [ids[: ids.index(eos)] if eos in ids else ids for ids in alone]
     assert _cut_at_stop("Paris. It is", ["."]) == "Paris" and _cut_at_stop("Paris", "\n") == "Paris"
+
+
+@pytest.mark.slow
+def test_the_embedded_model_served_learns_a_fact_and_forgets_it(tmp_path):
+    """The README's server walk-through on the embedded SmolLM2, chat edit set."""
+    srv = Server(None, tmp_path / "edits", extra=("--set", "chat=true"))
+    try:
+        def chat(question):
+            r = srv.client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": question}], "max_tokens": 24})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+        question, control = "Who leads Zorblat Industries?", "What is the capital of France?"
+        before, control_before = chat(question), chat(control)
+        r = srv.client.post("/edits", json={"prompt": question, "target": "Mira Quell"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["edits"][0]["converged"] is True
+        assert chat(question) == "Mira Quell"
+        assert chat(control) == control_before
+        assert srv.client.delete("/edits/1", headers=AUTH).status_code == 200
+        assert chat(question) == before
+    finally:
+        srv.stop()
