@@ -112,3 +112,17 @@ def test_a_model_path_that_is_no_model_gets_one_line_saying_what_was_tried(tmp_p
     (tmp_path / "broken" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="cannot load the model .* as a local folder"):
         load_model(str(tmp_path / "broken"))
+
+
+def test_calibrate_can_start_the_edit_set_that_uses_its_choice(model_dir, tmp_path, capsys):
+    data = "tests/fixtures/data/zsre.json"
+    edits = str(tmp_path / "cal")
+    assert main(["calibrate", "--model", model_dir, "--dataset", data, "--n", "3",
+                 "--taus", "0.5", "0.9", "--edits", edits]) == 0
+    out = capsys.readouterr().out
+    chosen = float(out.split("chosen: tau=")[1].split()[0])
+    meta = json.loads((tmp_path / "cal" / "edit_config.json").read_text())
+    assert meta["config"]["tau"] == chosen and meta["edits"] == []
+    assert main(["edit", "--edits", edits, "--prompt", P1, "--target", "Paris",
+                 "--set", "max_steps=2"]) == 2  # its settings are fixed now
+    assert main(["edit", "--edits", edits, "--prompt", P1, "--target", "Paris"]) == 0

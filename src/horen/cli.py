@@ -120,7 +120,25 @@ def cmd_calibrate(args) -> int:
     print(f"\nchosen: tau={best.tau} pool_ratio={best.pool_ratio} "
           f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f}, {len(records)} "
           f"{args.dataset} records)")
+    editor.close()
+    _start_edit_set(args, model, tok, "horen", tau=best.tau, pool_ratio=best.pool_ratio,
+                    chat=args.chat)
     return 0
+
+
+def _start_edit_set(args, model, tok, method: str, **settings) -> None:
+    """With ``--edits DIR``: a new, empty edit set there holding the chosen settings, so that
+    ``horen edit / serve --edits DIR`` use them; otherwise say how to pass them."""
+    import horen
+
+    if not args.edits:
+        flags = " ".join(f"--set {k}={v}" for k, v in settings.items() if v is not None)
+        print(f"use them: horen edit --method {method} {flags} ... (or calibrate with --edits DIR)")
+        return
+    editor = horen.get_method(method)(model, tok, **settings)
+    editor.save(args.edits)
+    editor.close()
+    print(f"saved an empty {method} edit set with these settings to {args.edits}")
 
 
 def _tau_or_off(text: str) -> float | None:
@@ -151,6 +169,9 @@ def _calibrate_entity(args) -> int:
           f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f} same {best.same:.3f}, "
           f"{len(records)} "
           f"{args.dataset} records from {args.offset})")
+    _start_edit_set(args, model, tok, "horen-entity", chat=args.chat, tau=best.tau,
+                    anchor_layer=best.anchor_layer, anchor_tau=best.anchor_tau,
+                    question_tau=best.question_tau, anchor_tokens=args.anchor_tokens)
     return 0
 
 
@@ -262,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0, help="skip the first K records (held out)")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--data-root")
+    p.add_argument("--edits", help="start a new edit set here with the chosen settings")
     p.set_defaults(func=cmd_calibrate)
 
     _mount(sub, "bench", "bench", "run a benchmark: sequential edits, scored at checkpoints")
