@@ -39,63 +39,85 @@ def resolve_checkpoints(checkpoints, n: int) -> list[int]:
     return sorted({c for c in checkpoints if c <= n} | {n})
 
 
+def _methods() -> list[str]:
+    from ..editors import METHODS
+
+    return sorted(METHODS)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def _words(text: str) -> list[str]:
+    return [x for x in text.replace(" ", "").split(",") if x]
+
+
+def _field(default=None, help: str = "", **cli):
+    """A setting: its default, its help, and how its flag reads and writes it (``cli``:
+    ``type``, ``choices``, ``metavar``; ``kind`` "ints" / "words" for comma lists, "settings"
+    for ``--set``, "negated" for a ``--no-...`` switch; ``always``: in every command line;
+    ``command=False``: how a run is resumed or shown, never part of its command line)."""
+    factory = {"default_factory": dict} if default is dict else {"default": default}
+    return dataclasses.field(**factory, metadata={"help": help, **cli})
+
+
 @dataclasses.dataclass
 class BenchConfig:
-    """One benchmark run. Every field has a CLI flag of the same name (``--batch-size``).
+    """One benchmark run. Every field has a CLI flag of the same name (``--batch-size``);
+    :func:`add_arguments`, :func:`config_from_args` and :meth:`BenchConfig.command` are all
+    derived from these fields.
 
     Example:
         >>> cfg = BenchConfig(method="horen", dataset="zsre", n=10, checkpoints=[1, 10])
     """
 
-    method: str = dataclasses.field(default="horen", metadata={"help": "editing method"})
-    dataset: str = dataclasses.field(default="zsre", metadata={"help": "dataset name or file"})
-    n: int | None = dataclasses.field(default=None, metadata={"help": "edits N (None = all)"})
-    checkpoints: list[int] | None = dataclasses.field(
-        default=None, metadata={"help": "edit counts to score at (None = 1, 10, 100, ... and N)"}
-    )
-    model: str | None = dataclasses.field(default=None, metadata={"help": "None = embedded"})
-    protocol: str = dataclasses.field(default="sequential", metadata={"help": "|".join(PROTOCOLS)})
-    out: str = dataclasses.field(default="results", metadata={"help": "results directory"})
-    scorers: list[str] | None = dataclasses.field(
-        default=None,
-        metadata={"help": "tf, gen, free, probes, unke (None = tf+gen+free, +unke on UnKE data)"},
-    )
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "sequences per forward"})
-    offset: int = dataclasses.field(
-        default=0, metadata={"help": "skip this many records first (a held-out slice for tuning)"}
-    )
-    shuffle: bool = dataclasses.field(default=False, metadata={"help": "shuffle the records"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "shuffle and torch seed"})
-    chat: bool = dataclasses.field(default=False, metadata={"help": "use the chat template"})
-    overrides: dict = dataclasses.field(
-        default_factory=dict, metadata={"help": "method config fields to override"}
-    )
-    threads: int | None = dataclasses.field(default=None, metadata={"help": "torch threads"})
-    resume: bool = dataclasses.field(default=False, metadata={"help": "resume a killed run"})
-    data_root: str | None = dataclasses.field(default=None, metadata={"help": "datasets folder"})
-    skip_bad: bool = dataclasses.field(default=False, metadata={"help": "skip bad records"})
-    unke_max_tokens: int = dataclasses.field(
-        default=256, metadata={"help": "longest UnKE answer generated"}
-    )
-    free_max_tokens: int = dataclasses.field(
-        default=FREE_BUDGET, metadata={"help": "longest free-generation answer (tokens)"}
-    )
-    progress: bool = dataclasses.field(default=True, metadata={"help": "tqdm progress bar"})
-    edit_batch: int = dataclasses.field(
-        default=1,
-        metadata={"help": "edits written as one batch (MEMIT, AlphaEdit apply_batch); 1 = one at a time"},
-    )
-    cache_reference: bool = dataclasses.field(
-        default=True, metadata={"help": "reuse the base model's locality answers across runs"}
-    )
-    save_every: int = dataclasses.field(
-        default=0,
-        metadata={"help": "also save the resume state every K edits, unscored (0 = at checkpoints only)"},
-    )
-    state_dir: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "folder for the resume state (None = beside the results file)"},
-    )
+    method: str = _field("horen", "editing method", choices=_methods, always=True)
+    dataset: str = _field("zsre", "dataset name (zsre, counterfact, ...) or a file path",
+                          always=True)
+    n: int | None = _field(None, "number of edits N (default: all records)", type=int)
+    offset: int = _field(0, "skip the first K records (after --shuffle): a held-out slice",
+                         type=int)
+    checkpoints: list[int] | None = _field(
+        None, "comma list, e.g. 1,10,100 (N is added; default 1, 10, 100, ... and N)",
+        kind="ints")
+    model: str | None = _field(None, "HF model id or directory (default: embedded SmolLM2)")
+    protocol: str = _field("sequential", "scoring protocol", choices=lambda: PROTOCOLS,
+                           always=True)
+    batch_size: int = _field(16, "sequences per scoring batch", type=int, always=True)
+    seed: int = _field(0, "seed for shuffling and torch", type=int, always=True)
+    edit_batch: int = _field(
+        1, "write this many edits as one batch (MEMIT, AlphaEdit); default one at a time",
+        type=int)
+    scorers: list[str] | None = _field(
+        None, "comma list of tf, gen, free, probes, unke (default: tf,gen,free; +probes where "
+        "records have portability/persona/multi-hop probes; +unke on UnKE data)", kind="words")
+    free_max_tokens: int = _field(FREE_BUDGET, "longest free-generation answer, in new tokens",
+                                  type=int)
+    unke_max_tokens: int = _field(256, "longest UnKE answer generated", type=int)
+    shuffle: bool = _field(False, "shuffle the records (with --seed) before taking N")
+    chat: bool = _field(False, "wrap prompts in the model's chat template")
+    skip_bad: bool = _field(False, "skip malformed dataset records")
+    overrides: dict = _field(dict, "method setting KEY=VALUE (JSON value), repeatable",
+                             kind="settings", flag="--set", metavar="KEY=VALUE")
+    data_root: str | None = _field(None, "folder holding the datasets (default ../shared/data)")
+    threads: int | None = _field(None, "torch CPU threads", type=int)
+    out: str = _field("results", "results directory", metavar="DIR", always=True)
+    resume: bool = _field(False, "continue a killed run from its last saved state",
+                          command=False)
+    save_every: int = _field(
+        0, "also save the state --resume continues from every K edits, without scoring (a long "
+        "run with few checkpoints then loses at most K edits when killed)", type=int,
+        metavar="K", command=False)
+    state_dir: str | None = _field(
+        None, "keep the resume state (<results name>.resume/) in DIR instead of beside the "
+        "results file, e.g. under $HOREN_CACHE, where a fresh checkout on the same machine "
+        "finds it", metavar="DIR", command=False)
+    progress: bool = _field(True, "no progress bar", kind="negated", flag="--no-progress",
+                            command=False)
+    cache_reference: bool = _field(
+        True, "recompute the base model's locality answers (default: cached in $HOREN_CACHE)",
+        kind="negated", flag="--no-reference-cache", command=False)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -119,125 +141,58 @@ class BenchConfig:
             raise ValueError("edit_batch > 1 needs the sequential protocol")
 
     def command(self) -> str:
-        """The ``horen bench`` command line that reproduces this run."""
-        parts = ["horen", "bench", "--method", self.method, "--dataset", self.dataset]
-        if self.n is not None:
-            parts += ["--n", str(self.n)]
-        if self.offset:
-            parts += ["--offset", str(self.offset)]
-        if self.checkpoints:
-            parts += ["--checkpoints", ",".join(map(str, self.checkpoints))]
-        if self.model:
-            parts += ["--model", self.model]
-        parts += ["--protocol", self.protocol, "--batch-size", str(self.batch_size)]
-        parts += ["--seed", str(self.seed)]
-        if self.edit_batch > 1:
-            parts += ["--edit-batch", str(self.edit_batch)]
-        if self.scorers:
-            parts += ["--scorers", ",".join(self.scorers)]
-        if self.free_max_tokens != FREE_BUDGET:
-            parts += ["--free-max-tokens", str(self.free_max_tokens)]
-        for flag in ("shuffle", "chat", "skip_bad"):
-            if getattr(self, flag):
-                parts.append("--" + flag.replace("_", "-"))
-        for key, value in sorted(self.overrides.items()):
-            parts += ["--set", f"{key}={json.dumps(value)}"]
-        if self.data_root:
-            parts += ["--data-root", self.data_root]
-        if self.threads:
-            parts += ["--threads", str(self.threads)]
-        parts += ["--out", self.out]
+        """The ``horen bench`` command line that reproduces this run: the fields that are
+        always shown and every other that differs from its default."""
+        parts = ["horen", "bench"]
+        for f in dataclasses.fields(self):
+            meta, value = f.metadata, getattr(self, f.name)
+            if not meta.get("command", True) or (value == _default(f) and not meta.get("always")):
+                continue
+            kind, flag = meta.get("kind"), _flag(f)
+            if kind == "settings":
+                for key, v in sorted(value.items()):
+                    parts += [flag, f"{key}={json.dumps(v)}"]
+            elif kind in ("ints", "words"):
+                parts += [flag, ",".join(map(str, value))]
+            elif isinstance(value, bool):
+                parts.append(flag)
+            else:
+                parts += [flag, str(value)]
         return shlex.join(parts)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.replace(" ", "").split(",") if x]
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``horen bench`` flags."""
-    from ..editors import METHODS
-
-    a = parser.add_argument
-    a("--method", default="horen", choices=sorted(METHODS), help="editing method")
-    a("--dataset", default="zsre", help="dataset name (zsre, counterfact, ...) or a file path")
-    a("--n", type=int, default=None, help="number of edits N (default: all records)")
-    a("--offset", type=int, default=0, help="skip the first K records (after --shuffle)")
-    a("--checkpoints", type=_ints, default=None, help="comma list, e.g. 1,10,100 (N is added)")
-    a("--model", default=None, help="HF model id or directory (default: embedded SmolLM2)")
-    a("--protocol", default="sequential", choices=PROTOCOLS, help="scoring protocol")
-    a("--out", default="results", metavar="DIR", help="results directory")
-    a("--scorers", default=None, help="comma list of tf, gen, free, probes, unke (default: "
-      "tf,gen,free; +probes where records have portability/persona/multi-hop probes; +unke on "
-      "UnKE data)")
-    a("--free-max-tokens", type=int, default=FREE_BUDGET,
-      help="longest free-generation answer, in new tokens")
-    a("--batch-size", type=int, default=16, help="sequences per scoring batch")
-    a("--shuffle", action="store_true", help="shuffle the records (with --seed) before taking N")
-    a("--seed", type=int, default=0, help="seed for shuffling and torch")
-    a("--chat", action="store_true", help="wrap prompts in the model's chat template")
-    a("--set", action="append", metavar="KEY=VALUE", help="method config override (JSON value)")
-    a("--threads", type=int, default=None, help="torch CPU threads")
-    a("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    a("--skip-bad", action="store_true", help="skip malformed dataset records")
-    a("--data-root", default=None, help="folder holding the datasets (default ../shared/data)")
-    a("--unke-max-tokens", type=int, default=256, help="longest UnKE answer generated")
-    a(
-        "--edit-batch",
-        type=int,
-        default=1,
-        help="write this many edits as one batch (MEMIT, AlphaEdit); default one at a time",
-    )
-    a(
-        "--save-every",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also save the state --resume continues from every K edits, without scoring "
-        "(a long run with few checkpoints then loses at most K edits when killed)",
-    )
-    a(
-        "--state-dir",
-        default=None,
-        metavar="DIR",
-        help="keep the resume state (<results name>.resume/) in DIR instead of beside the "
-        "results file, e.g. under $HOREN_CACHE, where a fresh checkout on the same machine finds it",
-    )
-    a("--no-progress", action="store_true", help="no progress bar")
-    a(
-        "--no-reference-cache",
-        action="store_true",
-        help="recompute the base model's locality answers (default: cached in $HOREN_CACHE)",
-    )
+    """The ``horen bench`` flags, one per :class:`BenchConfig` field."""
+    for f in dataclasses.fields(BenchConfig):
+        meta, kind = f.metadata, f.metadata.get("kind")
+        args = {"help": meta["help"], "dest": f.name}
+        if kind == "settings":
+            args.update(action="append", metavar=meta.get("metavar"))
+        elif kind == "negated" or isinstance(_default(f), bool):
+            args.update(action="store_true")
+        else:
+            args.update(default=_default(f), type={"ints": _ints, "words": _words}.get(
+                kind, meta.get("type", str)))
+            if "choices" in meta:
+                args["choices"] = meta["choices"]()
+            if "metavar" in meta:
+                args["metavar"] = meta["metavar"]
+        parser.add_argument(_flag(f), **args)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """A :class:`BenchConfig` from parsed ``horen bench`` flags."""
-    scorers = args.scorers.replace(" ", "").split(",") if args.scorers else None
-    return BenchConfig(
-        method=args.method,
-        dataset=args.dataset,
-        n=args.n,
-        offset=args.offset,
-        checkpoints=args.checkpoints,
-        model=args.model,
-        protocol=args.protocol,
-        out=args.out,
-        scorers=scorers,
-        batch_size=args.batch_size,
-        shuffle=args.shuffle,
-        seed=args.seed,
-        chat=args.chat,
-        overrides=parse_settings(args.set),
-        threads=args.threads,
-        resume=args.resume,
-        data_root=args.data_root,
-        skip_bad=args.skip_bad,
-        unke_max_tokens=args.unke_max_tokens,
-        free_max_tokens=args.free_max_tokens,
-        edit_batch=args.edit_batch,
-        progress=not args.no_progress,
-        cache_reference=not args.no_reference_cache,
-        save_every=args.save_every,
-        state_dir=args.state_dir,
-    )
+    values = {}
+    for f in dataclasses.fields(BenchConfig):
+        value, kind = getattr(args, f.name), f.metadata.get("kind")
+        values[f.name] = (parse_settings(value) if kind == "settings"
+                          else not value if kind == "negated" else value)
+    return BenchConfig(**values)
