@@ -214,11 +214,12 @@ def _bowl(batch, init):
     softplus(500 * |v - 1.25|^2 - 10), least at v = 1.25: Adam steps of 1 bounce around it."""
     rows = torch.arange(init.shape[0])
 
-    def forward(values):
+    def forward(values, sel=None):
         if values is None:
             return rows, None, torch.zeros_like(rows)
         logit = 10 - 500 * ((values - 1.25) ** 2).sum(-1)
-        return rows, torch.stack([logit, torch.zeros_like(logit)], -1), torch.zeros_like(rows)
+        logits = torch.stack([logit, torch.zeros_like(logit)], -1)
+        return rows, logits if sel is None else logits[sel], torch.zeros_like(rows)
 
     return forward
 

@@ -10,7 +10,7 @@ from horen.optim import rowwise_lbfgs
 def rosenbrock(scale: torch.Tensor):
     """Per-row Rosenbrock in 4-d, each row's loss scaled by its own factor (conditioning)."""
 
-    def losses(x):
+    def losses(x, rows=None):
         a, b = x[:, :-1], x[:, 1:]
         return scale * ((1 - a) ** 2 + 10 * (b - a**2) ** 2).sum(1)
 

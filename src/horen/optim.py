@@ -35,7 +35,8 @@ def rowwise_lbfgs(
     """Minimize each row's loss from ``x0`` ``(B, ...)``.
 
     Args:
-        losses: ``x -> (B,)`` per-row losses, differentiable (row b depends on ``x[b]`` only).
+        losses: ``(x, rows) -> (B,)`` per-row losses, differentiable (row b depends on
+            ``x[b]`` only); only the rows of the mask ``rows`` are needed (others may be 0).
         max_evals: loss evaluations per row, at most (each one batched pass, with gradient).
         stop_loss: a row stops once its loss is below this.
         history: (s, y) pairs kept per row.
@@ -55,7 +56,7 @@ def rowwise_lbfgs(
 
     def evaluate(points: torch.Tensor, rows: torch.Tensor):
         points = points.detach().requires_grad_(True)
-        f = losses(points.view(shape))
+        f = losses(points.view(shape), rows)
         grad, = torch.autograd.grad(f[rows.to(f.device)].sum(), points)
         evals.add_(rows.long())
         return f.detach().cpu(), grad.detach()

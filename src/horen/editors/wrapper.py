@@ -310,10 +310,13 @@ class CodebookEditor(SwappedLayerEditor):
         n_b = init.shape[0]
         count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
 
-        def row_losses(value):
-            _, logits, _ = forward(value)
-            token_loss = F.cross_entropy(logits, labels, reduction="none")
-            return torch.zeros(n_b, device=labels.device).index_add(0, rows, token_loss) / count
+        def row_losses(value, keep=None):
+            """(B,) mean target loss per row; rows outside ``keep`` are not computed (0)."""
+            sel = None if keep is None else keep.to(rows.device)[rows]
+            _, logits, _ = forward(value, sel)
+            picked, wanted = (rows, labels) if sel is None else (rows[sel], labels[sel])
+            token_loss = F.cross_entropy(logits, wanted, reduction="none")
+            return torch.zeros(n_b, device=labels.device).index_add(0, picked, token_loss) / count
 
         if cfg.optimizer == "lbfgs":
             return self._train_lbfgs(init, row_losses)
@@ -326,7 +329,7 @@ class CodebookEditor(SwappedLayerEditor):
         scale = torch.ones(n_b)  # each row's learning rate, relative to cfg.lr
         min_scale = cfg.plateau_decay**8
         for step in range(1, cfg.max_steps + 1):
-            per_row = row_losses(value)
+            per_row = row_losses(value, active)  # finished rows skip the LM head
             current = per_row.detach().cpu()
             start = current.clone() if start is None else start
             better = active & (current < best - 1e-4)
@@ -384,12 +387,13 @@ class CodebookEditor(SwappedLayerEditor):
         rows, cols = batch.target_mask.nonzero(as_tuple=True)
         labels = batch.input_ids[rows, cols]
 
-        def forward(values):
+        def forward(values, sel=None):
             if values is None:
                 return rows, None, labels
             with self.layer.prompt(PromptContext.of(batch, forced_values=values)):
                 out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            return rows, out.logits[rows, cols - 1].float(), labels
+            r, c = (rows, cols) if sel is None else (rows[sel], cols[sel])
+            return r, out.logits[r, c - 1].float(), labels
 
         return forward
 
@@ -404,11 +408,13 @@ class CodebookEditor(SwappedLayerEditor):
         with self.disabled():  # the prefix as inference sees it: no value before the last token
             tail = self.suffix.tail(batch, self.tokenizer.pad_token_id or 0)
 
-        def forward(values):
+        def forward(values, sel=None):
+            """Logits at the target positions (only those of ``sel``, a mask over them)."""
             if values is None:
                 return tail.rows, None, tail.labels
+            r, c = (tail.rows, tail.cols) if sel is None else (tail.rows[sel], tail.cols[sel])
             with self.layer.prompt(PromptContext(tail.prompt_mask, forced_values=values)):
-                logits = self.suffix.logits(tail.captured, tail.rows, tail.cols)
+                logits = self.suffix.logits(tail.captured, r, c)
             return tail.rows, logits, tail.labels
 
         if self._tail_ok is None and check is not None:
