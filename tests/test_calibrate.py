@@ -12,14 +12,18 @@ from horen.data.record import EditRecord
 
 
 def test_simulation_by_hand():
+    """The simulation writes and matches with the editor's own rules (beta 20, alpha 0.1, one
+    step), and leaves the editor's codebook and tau as they were."""
+    ed = HoReN(*build("llama"), tau=0.3)
     keys = normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05]]))
     probes = normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0]]))
     loc = normalize(torch.tensor([[-1.0, -1.0]]))
-    row = simulate(keys, ["a", "b", "a"], probes, ["a", "b"], loc, 0.9, 20.0, 0.1, 1)
+    row = simulate(ed, keys, ["a", "b", "a"], probes, ["a", "b"], loc, 0.9)
     assert row.entries == 2  # the third edit matches entry "a": same label, no new entry
     assert (row.rel, row.gen, row.loc) == (1.0, 1.0, 1.0)
-    strict = simulate(keys, ["a", "b", "c"], probes, ["a", "b"], loc, 0.9, 20.0, 0.1, 1)
+    strict = simulate(ed, keys, ["a", "b", "c"], probes, ["a", "b"], loc, 0.9)
     assert strict.entries == 3  # a conflicting label adds an entry
+    assert ed.tau == 0.3 and len(ed.codebook) == 0 and ed.codebook.d_key == ed.site.d_in
 
 
 def test_sweep_on_a_tiny_model_picks_the_best_op():

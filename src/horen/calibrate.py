@@ -2,8 +2,9 @@
 
 Queries are read from the frozen model BELOW the edit site, so they do not depend on any
 trained value: routing of a whole edit stream can be simulated without training anything.
-For each (pool_ratio, tau) the simulation writes the codebook exactly as HoReN would
-(new entry unless the refined query matches an entry with the same target), then reports
+For each (pool_ratio, tau) the simulation writes a codebook with the editor's own rule
+(``editor.write``: a new entry unless the refined query matches an entry with the same
+target) and matches with its own ``editor.match``, then reports
 three routing rates on the final codebook:
 
 * ``rel``: edit prompts routed to an entry carrying their target;
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .codebook import NO_MATCH, normalize, pool, refine, route_anchored, route_cosine
+from .codebook import NO_MATCH, Codebook, normalize, pool, route_anchored
 from .text import make_batch
 
 DEFAULT_TAUS = tuple(round(0.5 + 0.025 * i, 3) for i in range(20))  # 0.5 .. 0.975
@@ -64,34 +65,37 @@ def prompt_acts(editor, prompts: list[str], batch_size: int = 32) -> list[torch.
     return out
 
 
-def pooled(acts: list[torch.Tensor], pool_ratio: float) -> torch.Tensor:
-    """Normalized pooled queries ``(N, d_ff)`` for one pooling ratio."""
-    qs = [pool(a[None], torch.ones(1, a.shape[0]), pool_ratio)[0] for a in acts]
-    return normalize(torch.stack(qs))
+def pooled(acts: list[torch.Tensor], pool_ratio: float, normalized: bool = True) -> torch.Tensor:
+    """Pooled queries ``(N, d_ff)`` for one pooling ratio (unit-normalized, as HoReN's are
+    unless its ``normalize`` is off)."""
+    qs = torch.stack([pool(a[None], torch.ones(1, a.shape[0]), pool_ratio)[0] for a in acts])
+    return normalize(qs) if normalized else qs
 
 
-def simulate(keys_in, labels, probes, probe_labels, loc, tau, beta, alpha, steps) -> SweepRow:
-    """Write the codebook for one tau, then the three routing rates on the final codebook."""
+def simulate(editor, keys_in, labels, probes, probe_labels, loc, tau: float) -> SweepRow:
+    """Write a codebook for one tau with the editor's own rule (``editor.write``: a new
+    entry unless the query matches one with the same target), then the three routing rates
+    on the final codebook with its own matching (``editor.match``: Hopfield step, cosine).
 
-    def match(q, keys):
-        return route_cosine(refine(q, keys, beta=beta, alpha=alpha, steps=steps), keys, tau)[0]
+    The editor's codebook and tau are swapped out meanwhile and restored after."""
+    kept = editor.codebook, editor.tau
+    editor.codebook = Codebook(keys_in.shape[1], editor.values.shape, device=keys_in.device)
+    editor.tau = tau
+    try:
+        for q, label in zip(keys_in, labels):
+            editor.write(q, label)
+        entry_labels = editor.codebook.labels
 
-    keys = keys_in.new_zeros(0, keys_in.shape[1])
-    entry_labels: list[str] = []
-    for q, label in zip(keys_in, labels):
-        row = int(match(q[None], keys)[0])
-        if row == NO_MATCH or entry_labels[row] != label:
-            keys = torch.cat([keys, q[None]])
-            entry_labels.append(label)
+        def hit_rate(qs, want):
+            rows = editor.match(qs).tolist()
+            return sum(r != NO_MATCH and entry_labels[r] == w for r, w in zip(rows, want)) / len(want)
 
-    def hit_rate(qs, want):
-        rows = match(qs, keys).tolist()
-        return sum(r != NO_MATCH and entry_labels[r] == w for r, w in zip(rows, want)) / len(want)
-
-    rel = hit_rate(keys_in, labels)
-    gen = hit_rate(probes, probe_labels) if len(probe_labels) else float("nan")
-    loc_rate = float((match(loc, keys) == NO_MATCH).float().mean()) if len(loc) else float("nan")
-    return SweepRow(0.0, tau, rel, gen, loc_rate, len(entry_labels))
+        rel = hit_rate(keys_in, labels)
+        gen = hit_rate(probes, probe_labels) if len(probe_labels) else float("nan")
+        loc_rate = float((editor.match(loc) == NO_MATCH).float().mean()) if len(loc) else float("nan")
+        return SweepRow(0.0, tau, rel, gen, loc_rate, len(editor.codebook))
+    finally:
+        editor.codebook, editor.tau = kept
 
 
 def sweep(editor, records, taus=DEFAULT_TAUS, pool_ratios=(None,), batch_size: int = 32):
@@ -111,11 +115,11 @@ def sweep(editor, records, taus=DEFAULT_TAUS, pool_ratios=(None,), batch_size: i
     rows = []
     for ratio in pool_ratios:
         ratio = editor.pool_ratio if ratio is None else ratio
-        q = pooled(acts, ratio)
+        q = pooled(acts, ratio, cfg.normalize).to(editor.device)
         for tau in taus:
             row = simulate(
-                q[:n], [r.target for r in records], q[n : n + m], [t for _, t in probe_pairs],
-                q[n + m :], tau, cfg.beta, cfg.alpha, cfg.hopfield_steps,
+                editor, q[:n], [r.target for r in records], q[n : n + m],
+                [t for _, t in probe_pairs], q[n + m :], tau,
             )
             row.pool_ratio = ratio
             rows.append(row)
