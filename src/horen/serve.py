@@ -136,6 +136,8 @@ class EditService:
         self.started = time.time()
         self.context = _context_length(editor)
         self.requests = 0
+        model = editor.model  # the name answers carry (identity() would hash W each time)
+        self.name = getattr(model, "horen_name", None) or model.config._name_or_path
 
     # ---- writes (run on the worker thread) ---------------------------------------------
     def add(self, records: list) -> list[dict]:
@@ -199,7 +201,7 @@ class EditService:
         codebook = getattr(ed, "codebook", None)
         return {
             "status": "ok",
-            "model": ed.identity()["name"],
+            "model": self.name,
             "method": ed.method,
             "edits": len(ed.edits),
             "codebook_entries": None if codebook is None else len(codebook),
@@ -266,8 +268,8 @@ def create_app(service: EditService, token: str | None = None):
 
     @app.get("/v1/models")
     async def models():
-        name = service.editor.identity()["name"]
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "horen"}]}
+        return {"object": "list",
+                "data": [{"id": service.name, "object": "model", "owned_by": "horen"}]}
 
     @app.get("/edits")
     async def list_edits():
@@ -317,7 +319,7 @@ def create_app(service: EditService, token: str | None = None):
 
     def envelope(kind: str, choice: dict, usage: dict) -> dict:
         return {"id": f"horen-{time.time_ns()}", "object": kind, "created": int(time.time()),
-                "model": service.editor.identity()["name"], "choices": [choice], "usage": usage}
+                "model": service.name, "choices": [choice], "usage": usage}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
