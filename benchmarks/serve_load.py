@@ -46,14 +46,16 @@ def percentiles(xs: list[float]) -> dict:
             "mean_s": round(statistics.fmean(xs), 3)}
 
 
-def start(edits: Path, threads: int, token: str, model: str | None) -> tuple:
+def start(edits: Path, threads: int, token: str, model: str | None, settings=()) -> tuple:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "horen.cli", "serve", "--edits", str(edits), "--port", str(port),
            "--threads", str(threads), "--token", token, "--device", "cpu"]
-    proc = subprocess.Popen(cmd + (["--model", model] if model else []), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd += ["--model", model] if model else []
+    for pair in settings:
+        cmd += ["--set", pair]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
     for _ in range(1200):
         try:
@@ -82,6 +84,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="setting of the served edit set (e.g. optimizer=lbfgs)")
     ap.add_argument("--out", default="results/serve_load.json")
     args = ap.parse_args()
     from horen.data import load_dataset
@@ -91,9 +95,9 @@ def main() -> None:
     auth = {"Authorization": f"Bearer {token}"}
     result = {"command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]), "threads": args.threads,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-              "max_tokens": args.max_tokens}
+              "max_tokens": args.max_tokens, "settings": args.set}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, client = start(Path(tmp) / "edits", args.threads, token, args.model)
+        proc, client = start(Path(tmp) / "edits", args.threads, token, args.model, args.set)
         try:
             chat(client, QUESTIONS[0], args.max_tokens)  # warm-up
             qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
