@@ -93,3 +93,22 @@ def test_reserve_and_shrink_keep_the_entries():
     assert torch.equal(cb.radii, radii)
     cb.add(torch.zeros(3), torch.zeros(2), "more")
     assert cb.capacity == 80 and len(cb) == 41
+
+
+def test_the_codebook_is_part_of_the_model_and_stays_float32(tiny):
+    """A child of the wrapper layer: listed in the model, moved by ``model.to``, float32 under
+    ``model.double()`` / ``.half()``, and not in the model's state_dict (the edit set saves it)."""
+    from horen import HoReN
+
+    model, tok = tiny
+    ed = HoReN(model, tok, max_steps=2)
+    ed.edit("Who leads Zorblat Industries?", "Mira Quell")
+    name = ed.site.path + ".codebook"
+    assert dict(model.named_modules())[name] is ed.codebook and "entries=1" in repr(model)
+    keys = ed.codebook.keys.clone()
+    model.double()
+    assert ed.codebook.keys.dtype == torch.float32 and torch.equal(ed.codebook.keys, keys)
+    assert ed.routes(["Who leads Zorblat Industries?"]).tolist() == [0]
+    model.to("meta")
+    assert ed.codebook.keys.device.type == "meta" and ed.codebook.keys.dtype == torch.float32
+    assert not any(k.startswith(name) for k in model.state_dict())

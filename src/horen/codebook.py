@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 NO_MATCH = -1
 
@@ -175,13 +176,18 @@ def _empty_route(q: torch.Tensor):
     )
 
 
-class Codebook:
+class Codebook(nn.Module):
     """Keys, values, labels, radii and stable ids of the stored entries.
 
     Keys live in one contiguous ``(capacity, d_key)`` float32 matrix whose capacity doubles
     when full; :attr:`keys` is the view of the ``len(self)`` used rows. Values are
     ``(capacity, *value_shape)`` float32 rows. An entry's id never changes and is never
     reused, even when other entries are removed.
+
+    It is a module (a child of the wrapper layer, so it shows in ``print(model)``) whose
+    tensors are buffers: ``model.to(device)`` moves them with the model. They stay float32
+    whatever the model's dtype (routing is computed in float32), and they are saved with the
+    edit set (:meth:`tensors`), not in the model's ``state_dict``.
 
     Args:
         d_key: key width (d_ff for HoReN).
@@ -190,10 +196,12 @@ class Codebook:
     """
 
     def __init__(self, d_key: int, value_shape: tuple[int, ...], device=None) -> None:
+        super().__init__()
         self.d_key, self.value_shape = d_key, tuple(value_shape)
-        self._keys = torch.zeros(0, d_key, device=device)
-        self._values = torch.zeros(0, *self.value_shape, device=device)
-        self._radii = torch.zeros(0, device=device)
+        self.register_buffer("_keys", torch.zeros(0, d_key, device=device), persistent=False)
+        self.register_buffer("_values", torch.zeros(0, *self.value_shape, device=device),
+                             persistent=False)
+        self.register_buffer("_radii", torch.zeros(0, device=device), persistent=False)
         self.labels: list[str] = []
         self.ids: list[int] = []
         self.next_id = 0
@@ -276,13 +284,17 @@ class Codebook:
             buf[row : n - 1] = buf[row + 1 : n].clone()
         del self.labels[row], self.ids[row]
 
-    def to(self, device) -> Codebook:
-        self._keys, self._values, self._radii = (
-            t.to(device) for t in (self._keys, self._values, self._radii)
-        )
+    def _apply(self, fn, recurse=True):
+        """``model.to(...)``, ``.cuda()``, ``.half()``: follow the device, stay float32."""
+        for name in ("_keys", "_values", "_radii"):
+            tensor = getattr(self, name)
+            setattr(self, name, tensor.to(fn(tensor[:0]).device))
         return self
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def extra_repr(self) -> str:
+        return f"entries={len(self)}, d_key={self.d_key}, value_shape={self.value_shape}"
+
+    def tensors(self) -> dict[str, torch.Tensor]:
         """Tensors to save (the labels and ids go in the JSON side)."""
         return {
             "keys": self.keys.contiguous().cpu(),
@@ -290,7 +302,8 @@ class Codebook:
             "radii": self.radii.contiguous().cpu(),
         }
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], labels, ids, next_id) -> None:
+    def load_tensors(self, tensors: dict[str, torch.Tensor], labels, ids, next_id) -> None:
+        """Restore what :meth:`tensors` (and the JSON side) saved."""
         device = self.device
         n = len(labels)
         if tensors["keys"].shape != (n, self.d_key):

@@ -102,8 +102,12 @@ class CodebookLayer(WrapperLayer):
             ``delta(rows, acts_last, values) -> (B, d_out)``, and ``mode`` "add" or "replace".
     """
 
+    def __init__(self, base_layer: nn.Module, editor) -> None:
+        super().__init__(base_layer, editor)
+        self.codebook = editor.codebook  # a child module: it moves with the model
+
     def extra_repr(self) -> str:
-        return f"method={self.editor.method}, entries={len(self.editor.codebook)}"
+        return f"method={self.editor.method}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)

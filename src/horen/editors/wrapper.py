@@ -457,11 +457,11 @@ class CodebookEditor(SwappedLayerEditor):
     def _state(self):
         cb = self.codebook
         state = {"labels": cb.labels, "ids": cb.ids, "next_id": cb.next_id}
-        return state, {**cb.state_dict(), **self.undo}
+        return state, {**cb.tensors(), **self.undo}
 
     def _load_state(self, state, tensors):
         undo = {k: v for k, v in tensors.items() if k.startswith("undo.")}
-        self.codebook.load_state_dict(tensors, state["labels"], state["ids"], state["next_id"])
+        self.codebook.load_tensors(tensors, state["labels"], state["ids"], state["next_id"])
         self.undo = undo
 
     # ---- inference --------------------------------------------------------------------------
