@@ -1,5 +1,7 @@
 """Single edits, as a user or the server makes them: Adam against L-BFGS value training.
 
+Each ``--setting NAME=JSON`` is a set of HoReN settings (default: Adam, and L-BFGS).
+
 The demo's ten fictional facts (chat template on), each edited alone (`editor.edit`), under
 each optimizer: seconds per edit (median, mean), where they go (value training against the
 rest), training steps, final loss, the value's norm, and whether the edit prompt and its
@@ -30,8 +32,8 @@ def clean(answer: str, target: str) -> bool:
     return answer.lower().startswith(target.lower()) and not is_degenerate(answer)
 
 
-def run(model, tok, optimizer: str) -> dict:
-    ed = horen.HoReN(model, tok, chat=True, optimizer=optimizer)
+def run(model, tok, settings: dict) -> dict:
+    ed = horen.HoReN(model, tok, chat=True, **settings)
     training = {"s": 0.0}
     train = ed.train_value
 
@@ -72,7 +74,9 @@ def run(model, tok, optimizer: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--optimizers", nargs="+", default=["adam", "lbfgs"])
+    ap.add_argument("--setting", action="append", metavar="NAME=JSON",
+                    help="a named set of HoReN settings (default: adam={} and "
+                    "lbfgs={\"optimizer\": \"lbfgs\"})")
     ap.add_argument("--out", default="results/value_optimizers_demo.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,8 +84,10 @@ def main() -> None:
     result = {"command": "python " + " ".join(sys.argv), "threads": args.threads,
               "machine": platform.processor() or platform.machine(), "edits": len(FACTS),
               "optimizers": {}}
-    for opt in args.optimizers:
-        result["optimizers"][opt] = run(model, tok, opt)
+    variants = dict(pair.split("=", 1) for pair in args.setting or
+                    ['adam={}', 'lbfgs={"optimizer": "lbfgs"}'])
+    for opt, text in variants.items():
+        result["optimizers"][opt] = {"settings": json.loads(text), **run(model, tok, json.loads(text))}
         r = result["optimizers"][opt]
         print(f"{opt}: median {r['median_s']} s/edit, training {r['training_share']:.0%}, "
               f"steps {r['steps']}, clean {r['edit_prompt_clean']}/{r['paraphrase_clean']}",

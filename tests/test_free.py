@@ -259,3 +259,20 @@ def test_lbfgs_trains_each_row_to_its_own_minimum_and_stops_finished_rows(monkey
     assert stats[0]["steps"] < 60 and torch.allclose(values[0], torch.full((4,), 1.25), atol=0.01)
     with pytest.raises(ValueError, match="optimizer"):
         HoReN(model, tok, optimizer="sgd")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_value_l2_keeps_values_smaller(optimizer, monkeypatch):
+    """On the bowl (least at 1.25 per coordinate) a norm term pulls the value toward zero."""
+    model, tok = build("llama")
+    kw = {"optimizer": optimizer, "max_steps": 100, "stop_loss": 1e-9, "patience": 20}
+    plain, tight = HoReN(model, tok, **kw), None
+    monkeypatch.setattr(plain, "_tail_forward", _bowl)
+    free, _ = plain.train_value(torch.zeros(1, 4), batch=None, truncated=True)
+    plain.close()
+    tight = HoReN(model, tok, value_l2=5.0, **kw)
+    monkeypatch.setattr(tight, "_tail_forward", _bowl)
+    held, _ = tight.train_value(torch.zeros(1, 4), batch=None, truncated=True)
+    assert held.norm() < free.norm() - 0.01
+    with pytest.raises(ValueError, match="value_l2"):
+        HoReN(model, tok, value_l2=-1.0)
