@@ -188,7 +188,7 @@ def cmd_serve(args) -> int:
     editor = open_editor(args)
     service = EditService(editor, args.edits)
     print(f"horen serve: {len(editor.edits)} {editor.method} edits from {args.edits} on "
-          f"{editor.identity()['name']}; http://{args.host}:{args.port}"
+          f"{editor.model_name}; http://{args.host}:{args.port}"
           + ("" if token else "  (READ-ONLY: no --token or HOREN_TOKEN, edits are refused)"),
           flush=True)
     uvicorn.run(create_app(service, token), host=args.host, port=args.port, access_log=False,

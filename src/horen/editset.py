@@ -10,9 +10,8 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from .editors.base import Editor, get_method, read_meta
+from .editors.base import Editor, get_method, read_meta, refuse_foreign
 
 
 def open_edit_set(
@@ -51,8 +50,8 @@ def open_edit_set(
                 f"{sorted(k for k in meta['config'])}); start a new edit set to change "
                 f"{sorted(settings)}"
             )
-    if meta is None and Path(path).exists() and any(Path(path).iterdir()):
-        raise ValueError(f"{path} exists and is not a saved edit set (no edit_config.json)")
+    if meta is None:
+        refuse_foreign(path)  # before the model loads: the save would refuse it anyway
     name = model or (meta["model"]["name"] if meta else None)
     loaded, tokenizer = load_model(name, device=device, dtype=dtype)
     if meta is not None:

@@ -265,9 +265,8 @@ def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
     """Dequantize a GGUF once and save it as safetensors (atomic: tmp dir, then rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = folder
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     config = model.config
     config.quantization_config = None  # the weights are dequantized: save them as plain ones
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

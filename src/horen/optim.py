@@ -27,7 +27,7 @@ MAX_TRIALS = 12
 
 def rowwise_lbfgs(
     x0: torch.Tensor,
-    losses: Callable[[torch.Tensor], torch.Tensor],
+    losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     max_evals: int,
     stop_loss: float,
     history: int = 10,
@@ -65,14 +65,13 @@ def rowwise_lbfgs(
     start, best, best_x = f.clone(), f.clone(), x.clone()
     active &= best >= stop_loss
     while active.any() and int(evals[active].max()) < max_evals:
-        p = -_two_loop(g, s_hist, y_hist, rho)
-        first = rho.abs().sum(1) == 0
-        scale = torch.where(first, 1 / g.abs().sum(1).clamp_min(1e-12), torch.ones(n_b))
-        p = p * scale.to(p)[:, None]
+        steepest = -g * (1 / g.abs().sum(1, keepdim=True).clamp_min(1e-12))  # a first step
+        first = (rho.abs().sum(1) == 0).to(g.device)
+        p = torch.where(first[:, None], steepest, -_two_loop(g, s_hist, y_hist, rho))
         slope = (g * p).sum(1).cpu()
         bad = active & ~(slope < 0)  # not a descent direction: forget the history, go downhill
         if bad.any():
-            rho[bad], p[bad] = 0, -g[bad] / g[bad].abs().sum(1, keepdim=True).clamp_min(1e-12)
+            rho[bad], p[bad] = 0, steepest[bad]
             slope = (g * p).sum(1).cpu()
         lo, hi, t = torch.zeros(n_b), torch.full((n_b,), float("inf")), torch.ones(n_b)
         waiting = active.clone()

@@ -64,7 +64,7 @@ class ModelWorker:
         return self._put(("call", (fn, args), Future()))
 
     def answer(self, prompt: str, max_tokens: int, chat: bool) -> Future:
-        """Greedy answer ``(text, new token ids, finish reason, prompt length)`` of a prompt."""
+        """Greedy answer ``(text, new token ids up to the end token, finish reason)``."""
         return self._put(("answer", (prompt, max_tokens, chat), Future()))
 
     def _put(self, job) -> Future:
@@ -102,7 +102,7 @@ class ModelWorker:
             for _, future in group:
                 future.set_exception(err)
             return
-        eos = _eos_ids(self.editor)
+        eos = self.editor.eos_ids
         for ((prompt, budget, _), future), ids in zip(group, rows):
             cut = next((k for k, t in enumerate(ids) if t in eos), None)
             text = self.editor.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
@@ -115,11 +115,6 @@ def _settle(future: Future, fn, *args) -> None:
         future.set_result(fn(*args))
     except BaseException as err:  # noqa: BLE001 - raised again in the request's handler
         future.set_exception(err)
-
-
-def _eos_ids(editor) -> set[int]:
-    ends = editor.model.generation_config.eos_token_id
-    return set(ends if isinstance(ends, list) else [ends]) - {None}
 
 
 class EditService:
@@ -136,8 +131,7 @@ class EditService:
         self.started = time.time()
         self.context = _context_length(editor)
         self.requests = 0
-        model = editor.model  # the name answers carry (identity() would hash W each time)
-        self.name = getattr(model, "horen_name", None) or model.config._name_or_path
+        self.name = editor.model_name
 
     # ---- writes (run on the worker thread) ---------------------------------------------
     def add(self, records: list) -> list[dict]:

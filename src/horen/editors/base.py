@@ -350,10 +350,20 @@ class Editor(ABC):
         texts = [self._answer_text(row.tolist(), stop_at_newline) for row in new_ids]
         return texts[0] if single else texts
 
+    @property
+    def eos_ids(self) -> set[int]:
+        """The token ids that end an answer (the generation config's end-of-sequence ids)."""
+        ends = self.model.generation_config.eos_token_id
+        return set(ends if isinstance(ends, list) else [ends]) - {None}
+
+    @property
+    def model_name(self) -> str:
+        """The model's name (the embedded model's label, else its id or directory)."""
+        return getattr(self.model, "horen_name", self.model.config._name_or_path)
+
     def _answer_text(self, ids: list[int], stop_at_newline: bool) -> str:
         """An answer's text: cut at its first end-of-sequence token (and newline after text)."""
-        ends = self.model.generation_config.eos_token_id
-        ends = set(ends if isinstance(ends, list) else [ends]) - {None}
+        ends = self.eos_ids
         cut = next((k for k, t in enumerate(ids) if t in ends), len(ids))
         text = self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
         return text.split("\n", 1)[0].strip() if stop_at_newline else text
@@ -362,7 +372,7 @@ class Editor(ABC):
     def identity(self) -> dict:
         """What a saved edit set must match: family, site, dimensions, W's fingerprint."""
         return {
-            "name": getattr(self.model, "horen_name", self.model.config._name_or_path),
+            "name": self.model_name,
             "model_type": self.model.config.model_type,
             "site": self.site.path,
             "d_in": self.site.d_in,
@@ -383,9 +393,7 @@ class Editor(ABC):
             "next_edit_id": self.next_edit_id,
             "state": state,
         }
-        if path.exists() and not (path / "edit_config.json").exists() and (
-                not path.is_dir() or any(path.iterdir())):
-            raise ValueError(f"{path} exists and is not a saved edit set; refusing to replace it")
+        refuse_foreign(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -448,6 +456,16 @@ class NewlineStop(StoppingCriteria):
         texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
         done = ["\n" in t.lstrip() for t in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def refuse_foreign(path: str | os.PathLike) -> None:
+    """A ``ValueError`` if ``path`` exists and is neither a saved edit set nor an empty folder:
+    whatever a user keeps there is never replaced by an edit set."""
+    path = Path(path)
+    if path.exists() and not (path / "edit_config.json").exists() and (
+            not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not a saved edit set (no edit_config.json); "
+                         "refusing to replace it")
 
 
 def saved_dir(path: str | os.PathLike) -> Path | None:

@@ -393,7 +393,8 @@ class CodebookEditor(SwappedLayerEditor):
         return values, self._stats(st["evals"], st["start"], st["best"])
 
     def _full_forward(self, batch: Batch):
-        """``forward(values) -> (rows, logits, labels)`` through the whole model."""
+        """``forward(values, sel=None) -> (rows, logits, labels)`` through the whole model
+        (logits at the target positions, only those of ``sel``, a mask over them)."""
         rows, cols = batch.target_mask.nonzero(as_tuple=True)
         labels = batch.input_ids[rows, cols]
 
@@ -403,7 +404,7 @@ class CodebookEditor(SwappedLayerEditor):
             with self.layer.prompt(PromptContext.of(batch, forced_values=values)):
                 out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             r, c = (rows, cols) if sel is None else (rows[sel], cols[sel])
-            return r, out.logits[r, c - 1].float(), labels
+            return rows, out.logits[r, c - 1].float(), labels
 
         return forward
 
