@@ -115,11 +115,13 @@ def test_save_load_and_rollback_keep_the_anchors(family, tmp_path):
     e2 = ed.edit(P2, "Osk", subject=S2)
     prompts = [P1, P2, P3]
     before = ed.routes(prompts).tolist()
+    thresholds = ed.anchor_thresholds()
     ed.save(tmp_path / "e")
     ed.close()
     again = horen.Editor.load(model, tok, tmp_path / "e")
     assert isinstance(again, EntityHoReN)
     assert again.routes(prompts).tolist() == before
+    assert torch.equal(again.anchor_thresholds(), thresholds)
     again.remove(e2)
     assert again.routes([P2]).tolist() == [-1] and set(again.anchors) == {0}
     again.close()
@@ -264,3 +266,46 @@ def test_the_anchor_matrix_follows_writes_and_removals():
         assert torch.equal(mask, want_mask) and torch.equal(anchors, want), step
         if step == "writes":
             ed.remove(ids[1], cascade=True)
+
+
+def test_route_anchored_takes_a_threshold_per_anchor():
+    from horen.codebook import route_anchored
+
+    e = torch.eye(4)
+    keys, q = e[:2], torch.nn.functional.normalize(e[0] + e[1], dim=0)[None]
+    anchors = torch.stack([e[2], e[2]])  # two entries, the same anchor
+    tokens = [torch.nn.functional.normalize(e[2] + 0.1 * e[3], dim=0)[None]]  # cosine 0.995
+    hop = {"steps": 0}
+    assert route_anchored(q, tokens, keys, anchors, 0.5, 0.9, **hop).tolist() == [0]
+    per_entry = torch.tensor([0.999, 0.9])  # the first entry's anchor is held to more
+    assert route_anchored(q, tokens, keys, anchors, 0.5, per_entry, **hop).tolist() == [1]
+    per_anchor = torch.tensor([[0.999], [0.999]])
+    assert route_anchored(q, tokens, keys, anchors, 0.5, per_anchor, **hop).tolist() == [-1]
+
+
+def test_an_anchor_found_in_the_background_needs_more_to_match():
+    """An anchor's threshold is max(anchor_tau, its background_rank-th best cosine with the
+    background text): put the anchor itself into the background and the edit prompt, which
+    matched, no longer can (nor its paraphrase); with the background off the threshold is
+    anchor_tau."""
+    para = "Who is in charge of Zorblat Industries?"
+    model, tok = build("llama")
+    kwargs = {"tau": -1.0, "anchor_tau": 0.5, "max_steps": 1}
+    plain = EntityHoReN(model, tok, **kwargs)
+    plain.edit(P1, T1, subject=S1)
+    anchor, background = plain.anchors[0], plain.background()
+    want = (anchor @ background.T).topk(10, dim=1).values[:, -1]
+    assert torch.allclose(plain.anchor_scores[0], want)
+    assert torch.equal(plain.anchor_thresholds(), want.clamp(min=0.5)[None])
+    assert plain.routes([P1, para]).tolist() == [0, 0]
+    plain.close()
+    held = EntityHoReN(model, tok, background_rank=1, **kwargs)
+    held._background = torch.cat([anchor, background])
+    held.edit(P1, T1, subject=S1)
+    assert held.anchor_thresholds().item() > 0.999
+    assert held.routes([para]).tolist() == [-1]
+    held.close()
+    off = EntityHoReN(model, tok, background_tokens=0, **kwargs)
+    off.edit(P1, T1, subject=S1)
+    assert off.anchor_thresholds().tolist() == [[0.5]] and off._background is None
+    off.close()

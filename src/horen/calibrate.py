@@ -208,13 +208,14 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question
             for i, (first, last) in enumerate(positions):
                 at = int(masks[i][:first].sum())
                 subjects.append(tokens[i][at : at + last - first + 1])
+            background = [editor.background_scores(a) for a in subjects]
         finally:
             editor.close()
         groups = {"probes": range(n, n + m), "locs": range(n + m, n + m + k),
                   "sames": range(n + m + k, len(tokens))}
         for tau, anchor_tau, question_tau in itertools.product(taus, anchor_taus, question_taus):
             rates = _simulate_entity(
-                pooled, tokens, questions, subjects, [r.target for r in records],
+                pooled, tokens, questions, subjects, background, [r.target for r in records],
                 [t for _, t in probes], groups,
                 {"tau": tau, "anchor_tau": anchor_tau, "question_tau": question_tau}, hop)
             rows.append(EntityRow(layer, tau, anchor_tau, question_tau, *rates))
@@ -222,12 +223,13 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question
     return rows, best
 
 
-def _simulate_entity(pooled, tokens, questions, subjects, labels, probe_labels, groups, gates,
-                     hop):
+def _simulate_entity(pooled, tokens, questions, subjects, background, labels, probe_labels,
+                     groups, gates, hop):
     n = len(labels)
     keys = pooled.new_zeros(0, pooled.shape[1])
     width, d = max(len(s) for s in subjects), subjects[0].shape[-1]
     anchors, mask = pooled.new_zeros(n, width, d), torch.zeros(n, width, dtype=torch.bool)
+    floors = torch.full((n, width), -math.inf)  # each entry's anchors' background scores
     rows: list[int] = []  # the record each entry was written from
     entry_labels: list[str] = []
 
@@ -235,7 +237,8 @@ def _simulate_entity(pooled, tokens, questions, subjects, labels, probe_labels, 
         k = len(entry_labels)
         return route_anchored(
             pooled[idx], [tokens[i] for i in idx], keys, anchors[:k], gates["tau"],
-            gates["anchor_tau"], anchor_mask=mask[:k], questions=questions[idx],
+            floors[:k].clamp(min=gates["anchor_tau"]), anchor_mask=mask[:k],
+            questions=questions[idx],
             question_keys=questions[rows], question_tau=gates["question_tau"], **hop,
         ).tolist()
 
@@ -245,6 +248,7 @@ def _simulate_entity(pooled, tokens, questions, subjects, labels, probe_labels, 
             k = len(entry_labels)
             keys = torch.cat([keys, pooled[i][None]])
             anchors[k, : len(subjects[i])], mask[k, : len(subjects[i])] = subjects[i], True
+            floors[k, : len(subjects[i])] = background[i]
             rows.append(i)
             entry_labels.append(labels[i])
 

@@ -158,7 +158,11 @@ def _calibrate_entity(args) -> int:
 
     def editor_for(layer):
         return cls(model, tok, chat=args.chat, anchor_layer=layer, anchor_tokens=args.anchor_tokens,
-                   question_tau=None)
+                   question_tau=None, **background)
+
+    background = {}
+    if args.background_tokens is not None:
+        background["background_tokens"] = args.background_tokens
 
     layers = args.anchor_layers or [editor_for(None).anchor_layer]
     rows, best = sweep_entity(editor_for, records, layers, args.taus or (0.5, 0.6, 0.7, 0.775),
@@ -166,12 +170,13 @@ def _calibrate_entity(args) -> int:
     print(format_entity_table(rows, best))
     print(f"\nchosen: anchor_layer={best.anchor_layer} tau={best.tau} anchor_tau={best.anchor_tau} "
           f"question_tau={best.question_tau} anchor_tokens={args.anchor_tokens} "
+          f"background_tokens={background.get('background_tokens', 'default')} "
           f"(routing rel {best.rel:.3f} gen {best.gen:.3f} loc {best.loc:.3f} same {best.same:.3f}, "
           f"{len(records)} "
           f"{args.dataset} records from {args.offset})")
     _start_edit_set(args, model, tok, "horen-entity", chat=args.chat, tau=best.tau,
                     anchor_layer=best.anchor_layer, anchor_tau=best.anchor_tau,
-                    question_tau=best.question_tau, anchor_tokens=args.anchor_tokens)
+                    question_tau=best.question_tau, anchor_tokens=args.anchor_tokens, **background)
     return 0
 
 
@@ -280,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="horen-entity question-gate thresholds, 'off' = no gate (default: off)")
     p.add_argument("--anchor-tokens", default="last", choices=["last", "all"],
                    help="horen-entity anchors: the subject's last token, or all its tokens")
+    p.add_argument("--background-tokens", type=int, default=None,
+                   help="horen-entity background text per anchor threshold (0: off; default: "
+                   "the method's)")
     p.add_argument("--offset", type=int, default=0, help="skip the first K records (held out)")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--data-root")

@@ -121,7 +121,7 @@ def route_anchored(
     keys: torch.Tensor,
     anchors: torch.Tensor,
     tau: float,
-    anchor_tau: float,
+    anchor_tau: float | torch.Tensor,
     anchor_mask: torch.Tensor | None = None,
     questions: torch.Tensor | None = None,
     question_keys: torch.Tensor | None = None,
@@ -136,15 +136,17 @@ def route_anchored(
         tokens: per query, its ``(n_b, d_a)`` unit anchor-layer activations.
         anchors: ``(K, d_a)`` one unit anchor per key, or ``(K, J, d_a)`` several (the
             subject's tokens), ``anchor_mask`` ``(K, J)`` marking the real ones.
+        anchor_tau: the entity gate's threshold: one for all anchors, or ``(K,)`` / ``(K, J)``
+            one per anchor (:meth:`horen.editors.anchor.EntityHoReN.anchor_thresholds`).
         questions, question_keys, question_tau: the optional question gate, ``(B, d_q)``
             unit queries and ``(K, d_q)`` unit keys (the edit site's input at the last prompt
             token): an entry also needs cosine ``> question_tau`` there. None: no such gate.
 
     Returns:
         ``(B,)`` rows: among the entries with relation score ``> tau`` whose every anchor
-        has cosine ``> anchor_tau`` with some token of the query (min over anchors of the max
-        over tokens), and whose question key passes, the best relation score; else
-        ``NO_MATCH``.
+        has cosine ``>`` its threshold with some token of the query (min over anchors of the
+        max over tokens, less the threshold), and whose question key passes, the best
+        relation score; else ``NO_MATCH``.
     """
     out = torch.full((q.shape[0],), NO_MATCH, dtype=torch.long, device=q.device)
     if keys.shape[0] == 0:
@@ -153,14 +155,17 @@ def route_anchored(
         anchors = anchors[:, None]
     if anchor_mask is None:
         anchor_mask = torch.ones(anchors.shape[:2], dtype=torch.bool, device=anchors.device)
+    thresholds = torch.as_tensor(anchor_tau, dtype=anchors.dtype, device=anchors.device)
+    thresholds = thresholds.reshape(-1, 1) if thresholds.dim() == 1 else thresholds
+    thresholds = thresholds.expand(anchors.shape[:2])
     scores = refine(q, keys, **hopfield) @ keys.T
     for b in range(q.shape[0]):
         cand = (scores[b] > tau).nonzero().flatten()
         if not len(cand) or not len(tokens[b]):
             continue
         found = torch.einsum("cjd,td->cjt", anchors[cand], tokens[b]).max(dim=2).values
-        entity = found.masked_fill(~anchor_mask[cand], math.inf).min(dim=1).values
-        cand = cand[entity > anchor_tau]
+        margin = (found - thresholds[cand]).masked_fill(~anchor_mask[cand], math.inf)
+        cand = cand[margin.min(dim=1).values > 0]
         if len(cand) and question_tau is not None:
             cand = cand[question_keys[cand] @ questions[b] > question_tau]
         if len(cand):

