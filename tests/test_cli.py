@@ -114,6 +114,18 @@ def test_a_model_path_that_is_no_model_gets_one_line_saying_what_was_tried(tmp_p
         load_model(str(tmp_path / "broken"))
 
 
+def test_entity_calibration_runs_with_the_default_anchor_layer(model_dir, tmp_path, capsys):
+    """No --anchor-layers: the default layer is looked up without leaving the model wrapped;
+    the chosen settings and the background setting go into the edit set it starts."""
+    edits = str(tmp_path / "cal")
+    assert main(["calibrate", "--method", "horen-entity", "--model", model_dir, "--dataset",
+                 "tests/fixtures/data/zsre.json", "--n", "3", "--taus", "0.5",
+                 "--anchor-taus", "0.8", "--background-tokens", "0", "--edits", edits]) == 0
+    assert "chosen: anchor_layer=" in capsys.readouterr().out
+    config = json.loads((tmp_path / "cal" / "edit_config.json").read_text())["config"]
+    assert (config["tau"], config["anchor_tau"], config["background_tokens"]) == (0.5, 0.8, 0)
+
+
 def test_calibrate_can_start_the_edit_set_that_uses_its_choice(model_dir, tmp_path, capsys):
     data = "tests/fixtures/data/zsre.json"
     edits = str(tmp_path / "cal")

@@ -164,7 +164,11 @@ def _calibrate_entity(args) -> int:
     if args.background_tokens is not None:
         background["background_tokens"] = args.background_tokens
 
-    layers = args.anchor_layers or [editor_for(None).anchor_layer]
+    layers = args.anchor_layers
+    if not layers:
+        probe = editor_for(None)  # the method's default anchor layer for this model
+        layers = [probe.anchor_layer]
+        probe.close()
     rows, best = sweep_entity(editor_for, records, layers, args.taus or (0.5, 0.6, 0.7, 0.775),
                               args.anchor_taus or DEFAULT_ANCHOR_TAUS, args.question_taus or [None])
     print(format_entity_table(rows, best))
