@@ -125,6 +125,15 @@ if step entity_question; then  # horen-entity's question gate, on the same held-
       --question-taus off 0.6 0.7 0.75 0.8 0.85 | tee $cal/entity_question_$1_offset$2_n300.txt
   done
 fi
+if step entity_background; then  # the background threshold per anchor, at 600-1000 entries
+  cal=results/calibration
+  $H calibrate --method horen-entity --dataset counterfact --n 1000 --offset 5000 --threads 2 \
+    --taus 0.6 0.65 0.7 0.75 --anchor-taus 0.7 0.75 0.8 0.85 0.9 \
+    | tee $cal/entity_background_counterfact_offset5000_n1000.txt
+  $H calibrate --method horen-entity --dataset zsre --n 600 --offset 3000 --threads 2 \
+    --taus 0.6 0.65 0.7 0.75 --anchor-taus 0.7 0.75 0.8 0.85 0.9 \
+    | tee $cal/entity_background_zsre_offset3000_n600.txt
+fi
 if step convergence; then  # issue 30: edits above loss 0.1 on the synthetic stream's first 200
   .venv/bin/python benchmarks/convergence.py --dataset synthetic:10000 --n 200 --threads 2 \
     --setting default='{}' \

@@ -44,23 +44,26 @@ from .horen import HoReN, HoReNConfig
 
 @dataclasses.dataclass
 class EntityConfig(HoReNConfig):
-    """HoReN's settings plus the entity gate's. The defaults (anchor layer 3 of 30, tau 0.7,
-    anchor_tau 0.8) were chosen on the embedded model by ``horen calibrate --method
-    horen-entity`` on held-out ZsRE and CounterFact records (``results/calibration/entity_*``):
-    the best worst-case routing OP of the two; calibrate them for another model. The question
+    """HoReN's settings plus the entity gate's. The defaults (anchor layer 3 of 30, tau 0.65,
+    anchor_tau 0.9 as the floor of the background threshold) were chosen on the embedded model
+    by ``horen calibrate --method horen-entity`` on held-out ZsRE and CounterFact records, at
+    600 and 1000 entries (``results/calibration/entity_background_*``): the best worst-case
+    routing OP of the two; calibrate them for another model. The question
     gate is off by default: the same sweep with it (``entity_question_*``) shows it keeps other
     relations of a subject out on ZsRE (same-subject rate 0.25 -> 0.68 at 0.8) but rejects
     most CounterFact paraphrases (gen 0.52 -> 0.06), whose prompts open with an unrelated
     sentence; turn it on (0.8) where prompts are plain questions."""
 
     tau: float | None = dataclasses.field(
-        default=0.7, metadata={"help": "relation gate: cosine of the pooled keys; None = HoReN's"}
+        default=0.65, metadata={"help": "relation gate: cosine of the pooled keys; None = HoReN's"}
     )
     anchor_layer: int | None = dataclasses.field(
         default=None, metadata={"help": "layer whose MLP input gives anchors; None = 1/10 depth"}
     )
     anchor_tau: float = dataclasses.field(
-        default=0.8, metadata={"help": "entity gate: cosine an anchor must reach at a query token"}
+        default=0.9,
+        metadata={"help": "entity gate: the least cosine an anchor must pass at a query token "
+                  "(raised per anchor by the background)"},
     )
     question_tau: float | None = dataclasses.field(
         default=None,
