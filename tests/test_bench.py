@@ -315,7 +315,7 @@ def test_scorer_choice_and_records_order(tmp_path):
 
 
 def test_unknown_override_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="no setting"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \[.learning_rate.\]; known: .*lr"):
         runner.run_bench(cfg(tmp_path, overrides={"learning_rate": 1}), RECORDS, build("gpt2"))
 
 

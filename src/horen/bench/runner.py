@@ -134,13 +134,8 @@ def make_editor(cfg: BenchConfig, model, tokenizer) -> Editor:
 
 
 def _editor_overrides(cfg: BenchConfig) -> dict:
-    """The settings ``cfg`` gives its method's editor (unknown fields are an error)."""
-    known = {f.name for f in dataclasses.fields(get_method(cfg.method).config_class)}
-    unknown = sorted(set(cfg.overrides) - known)
-    if unknown:
-        raise ValueError(
-            f"{cfg.method} has no setting {unknown}; known: {', '.join(sorted(known))}"
-        )
+    """The settings ``cfg`` gives its method's editor (checked where they are applied:
+    :meth:`horen.editors.base.EditorConfig.replaced`)."""
     return {**cfg.overrides, "chat": cfg.chat or bool(cfg.overrides.get("chat", False))}
 
 
@@ -366,7 +361,7 @@ def _same_editor(result: dict, cfg: BenchConfig, path: Path) -> bool:
     """False (with a warning) for a finished run whose editor settings are not the ones this
     run would use (a default changed since): it is run again rather than reported as done."""
     config_class = get_method(cfg.method).config_class
-    want = dataclasses.asdict(config_class(**_editor_overrides(cfg)))
+    want = dataclasses.asdict(config_class().replaced(_editor_overrides(cfg), cfg.method))
     default = dataclasses.asdict(config_class())  # for settings newer than the file
     had = result.get("editor", {}).get("config", {})
     # None asks for the model's own default (tau, pool_ratio): a file records the value in use

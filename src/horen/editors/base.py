@@ -100,6 +100,16 @@ class EditorConfig:
             warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown}", stacklevel=2)
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    def replaced(self, settings: dict, method: str) -> EditorConfig:
+        """A copy with ``settings`` changed; an unknown one is a ValueError that lists the
+        known settings of ``method`` (the one home of that check: the editors and the
+        benchmark runner both come here)."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise ValueError(f"{method}: unknown setting(s) {unknown}; known: {', '.join(names)}")
+        return dataclasses.replace(self, **settings) if settings else self
+
 
 class Editor(ABC):
     """An editing method applied to one frozen Hugging Face causal LM.
@@ -118,12 +128,7 @@ class Editor(ABC):
     config_class: ClassVar[type[EditorConfig]] = EditorConfig
 
     def __init__(self, model, tokenizer, config: EditorConfig | None = None, **overrides):
-        config = config or self.config_class()
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
-        if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(config))
-            raise ValueError(f"{self.method}: unknown setting(s) {unknown}; known: {known}")
-        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.config = (config or self.config_class()).replaced(overrides, self.method)
         self.model, self.tokenizer = model, tokenizer
         prepare_tokenizer(tokenizer)
         for p in model.parameters():
