@@ -272,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="edit the embedded model, show before/after")
     p.add_argument("--n", type=int, default=10, choices=range(1, 11), metavar="1..10",
                    help="number of built-in edits")
-    p.add_argument("--method", default="horen", choices=["horen", "horen-entity"],
-                   help="the codebook editor shown")
+    p.add_argument("--method", default="horen-entity", choices=["horen", "horen-entity"],
+                   help="the codebook editor shown (horen: the paper's, whose pooled keys also "
+                   "catch some same-relation controls)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("calibrate", parents=[common], help="choose tau for a model")

@@ -1,14 +1,16 @@
 """``horen demo``: the main job on the embedded model, start to end, judged as a user would.
 
-Loads SmolLM2-135M-Instruct, makes ten fictional edits one after another (HoReN by default,
-``--method horen-entity`` for the entity-anchored router; chat template on) and answers four prompts per edit freely (until the model ends its answer,
+Loads SmolLM2-135M-Instruct, makes ten fictional edits one after another (the
+entity-anchored router ``horen-entity`` by default, ``--method horen`` for the paper's HoReN;
+chat template on) and answers four prompts per edit freely (until the model ends its answer,
 :mod:`horen.metrics.free`), before and after all edits:
 
 * the edit prompt and a paraphrase: the answer must START with the target and must not
   repeat itself;
 * a same-relation control (a real capital after editing a fictional capital): it should
   answer exactly as the base model does; HoReN's routing keys pool the whole prompt, so a
-  control sharing the edit's wording can be caught by the edit (the verdict says so);
+  control sharing the edit's wording can be caught by the edit (the verdict says so), which
+  is what horen-entity's subject anchors are for;
 * an unrelated control: it must answer exactly as the base model does.
 
 One line of verdicts per edit, then the tally and the time per edit.
