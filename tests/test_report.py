@@ -121,6 +121,27 @@ def test_summary_has_one_row_per_run_with_what_sets_it_apart():
     assert "| memit | zsre | 10 | 1.000 | 0.970 |" in common and "| rome | zsre | 10 |" in common
 
 
+def test_a_run_made_with_defaults_since_changed_says_so():
+    """The editor config a run recorded is compared with the method's defaults today: a
+    setting that differs and was not set by --set is shown; one set by --set is shown once
+    as an override; settings resolved per model (tau = None by default) are not compared."""
+    import dataclasses
+
+    from horen.editors import HoReNConfig
+
+    now = dataclasses.asdict(HoReNConfig())
+    old = fake_result("horen")
+    old["editor"] = {"config": {**now, "max_steps": 50, "stop_loss": 0.01, "tau": 0.775}}
+    same = fake_result("horen")
+    same["editor"] = {"config": {**now, "tau": 0.775}}
+    chosen = fake_result("horen")
+    chosen["editor"] = {"config": {**now, "max_steps": 50}}
+    chosen["config"] = {"overrides": {"max_steps": 50}}
+    assert report._run_label(old) == "horen (defaults then: max_steps=50, stop_loss=0.01)"
+    assert report._run_label(same) == "horen"
+    assert report._run_label(chosen) == "horen (max_steps=50)"
+
+
 def test_runs_are_ordered_by_the_numbers_in_their_settings(tmp_path):
     for lam in (15000, 500, 5000, 1500):
         r = fake_result("memit")

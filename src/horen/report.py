@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from . import metrics
 from .bench.results import slug
+from .editors.base import get_method
 from .editors.weights import ROLLBACK_SETTINGS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -155,14 +157,35 @@ def _fmt(value) -> str:
 
 def _run_label(r: dict) -> str:
     """The method, with what sets the run apart: chat, edit batches, overrides (not the
-    rollback settings: the same edits give the same weights whatever is kept to undo them)."""
+    rollback settings: the same edits give the same weights whatever is kept to undo them),
+    and the defaults it ran with that are no longer the method's (:func:`_older_defaults`)."""
     cfg = r.get("config") or {}
     extra = ["chat"] if r.get("chat") else []
     if (cfg.get("edit_batch") or 1) > 1:
         extra.append(f"batch {cfg['edit_batch']}")
     extra += [f"{k}={v}" for k, v in sorted((cfg.get("overrides") or {}).items())
               if k not in ROLLBACK_SETTINGS]
+    older = _older_defaults(r)
+    if older:
+        extra.append("defaults then: " + ", ".join(older))
     return r["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _older_defaults(r: dict) -> list[str]:
+    """``key=value`` for each editor setting the run recorded that was not set by ``--set``
+    and differs from the method's default today (a default changed since the run): such a
+    run is not what the method name alone would run now. Defaults of None (resolved per
+    model, as tau) and chat are not compared."""
+    try:
+        config_class = get_method(r["method"]).config_class
+    except ValueError:
+        return []
+    now = dataclasses.asdict(config_class())
+    had = (r.get("editor") or {}).get("config") or {}
+    overrides = (r.get("config") or {}).get("overrides") or {}
+    return [f"{k}={had[k]}" for k in sorted(had)
+            if k in now and k not in overrides and k != "chat" and now[k] is not None
+            and had[k] != now[k]]
 
 
 OLD_DECODING = "¹"
