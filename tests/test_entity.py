@@ -309,3 +309,22 @@ def test_an_anchor_found_in_the_background_needs_more_to_match():
     off.edit(P1, T1, subject=S1)
     assert off.anchor_thresholds().tolist() == [[0.5]] and off._background is None
     off.close()
+
+
+def test_an_edit_whose_background_cannot_be_read_writes_nothing(monkeypatch):
+    model, tok = build("llama")
+    with pytest.raises(ValueError, match="background_corpus must be one of"):
+        EntityHoReN(model, tok, background_corpus="wikipedia")
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.5, max_steps=1)
+
+    def unreadable():
+        raise FileNotFoundError("no background text here")
+
+    monkeypatch.setattr(ed, "_read_background", unreadable)
+    with pytest.raises(FileNotFoundError):
+        ed.edit(P1, T1, subject=S1)
+    assert len(ed.codebook) == 0 and ed.edits == [] and ed.anchors == {}
+    monkeypatch.undo()
+    ed.edit(P1, T1, subject=S1)  # the editor goes on once the text can be read
+    assert ed.routes([P1]).tolist() == [0]
+    ed.close()

@@ -11,8 +11,11 @@ A query matches entry i only if BOTH gates pass:
 * the relation gate, HoReN's own: the pooled key after one damped Hopfield step has cosine
   ``> tau`` with k_i (:func:`horen.codebook.refine`);
 * the entity gate: some token t of the query carries the subject,
-  ``max_t cos(a_i, h_t) > anchor_tau`` (h_t the query's activations at the anchor layer,
-  over the prompt's own tokens: in chat mode the user's message only);
+  ``max_t cos(a_i, h_t) > theta_i`` (h_t the query's activations at the anchor layer,
+  over the prompt's own tokens: in chat mode the user's message only), where
+  ``theta_i = max(anchor_tau, c_i)`` and c_i is the anchor's ``background_rank``-th best
+  cosine with ``background_tokens`` tokens of ordinary text: a name whose last token reads
+  like many words must be matched more closely than a rare one;
 * the question gate (when ``question_tau`` is set): the edit site's input at the query's
   last prompt token, where the value is added, has cosine ``> question_tau`` with the
   edit prompt's own (``q_i``). It tells apart prompts about the same subject asked in another
@@ -35,7 +38,7 @@ import torch
 from ..codebook import NO_MATCH, normalize, route_anchored
 from ..layer import PromptContext
 from ..models import get_module
-from ..stats import Trace, packed_sequences
+from ..stats import CORPORA, Trace, packed_sequences
 from ..subject import infer_subject, subject_tokens
 from ..text import encode_prompt, format_prompt
 from .base import register
@@ -102,6 +105,9 @@ class EntityConfig(HoReNConfig):
             raise ValueError(f"anchor_tokens must be 'last' or 'all', not {self.anchor_tokens!r}")
         if self.background_tokens < 0 or self.background_rank < 1:
             raise ValueError("background_tokens must be >= 0 and background_rank >= 1")
+        if self.background_corpus not in CORPORA:
+            raise ValueError(f"background_corpus must be one of {', '.join(CORPORA)}, not "
+                             f"{self.background_corpus!r}")
 
 
 @dataclasses.dataclass
@@ -309,9 +315,10 @@ class EntityHoReN(HoReN):
             entry = cb.ids[row]
             return row, {"case": "extend", "entry": entry, "touches": [entry]}
         case = "new" if row == NO_MATCH else "conflict"
+        scores = self.background_scores(q.subject[0])  # before the entry exists: may raise
         row = cb.add(q.pooled[0], torch.zeros(self.values.shape), target)
         self.anchors[cb.ids[row]] = q.subject[0].to(cb.device)
-        self.anchor_scores[cb.ids[row]] = self.background_scores(q.subject[0])
+        self.anchor_scores[cb.ids[row]] = scores
         self.questions[cb.ids[row]] = q.question[0].to(cb.device)
         return row, {"case": case, "entry": cb.ids[row], "touches": [cb.ids[row]]}
 
