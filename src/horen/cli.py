@@ -156,13 +156,13 @@ def _calibrate_entity(args) -> int:
     records = records[args.offset :]
     cls = horen.get_method("horen-entity")
 
-    def editor_for(layer):
-        return cls(model, tok, chat=args.chat, anchor_layer=layer, anchor_tokens=args.anchor_tokens,
-                   question_tau=None, **background)
-
     background = {}
     if args.background_tokens is not None:
         background["background_tokens"] = args.background_tokens
+
+    def editor_for(layer):
+        return cls(model, tok, chat=args.chat, anchor_layer=layer, anchor_tokens=args.anchor_tokens,
+                   question_tau=None, **background)
 
     layers = args.anchor_layers
     if not layers:

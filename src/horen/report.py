@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import metrics
-from .bench.results import slug
+from .bench.results import changed_settings, slug
 from .editors.base import get_method
 from .editors.weights import ROLLBACK_SETTINGS
 
@@ -180,12 +180,11 @@ def _older_defaults(r: dict) -> list[str]:
         config_class = get_method(r["method"]).config_class
     except ValueError:
         return []
-    now = dataclasses.asdict(config_class())
     had = (r.get("editor") or {}).get("config") or {}
     overrides = (r.get("config") or {}).get("overrides") or {}
-    return [f"{k}={had[k]}" for k in sorted(had)
-            if k in now and k not in overrides and k != "chat" and now[k] is not None
-            and had[k] != now[k]]
+    now = {k: v for k, v in dataclasses.asdict(config_class()).items()
+           if k not in overrides and k != "chat"}
+    return [f"{k}={had[k]}" for k in changed_settings(had, now)]
 
 
 OLD_DECODING = "¹"

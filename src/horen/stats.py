@@ -298,14 +298,24 @@ def layer_stats(
 
 
 def _add_batch(model, batch, todo, moments, device) -> None:
+    _, keep, inputs = traced_batch(model, batch, list(todo.values()), device)
+    for layer, path in todo.items():
+        moments[layer].add(inputs[path][keep])
+
+
+def traced_batch(model, batch: list[list[int]], paths, device):
+    """Run token sequences (right-padded into one batch) up to the deepest of ``paths``.
+
+    Returns:
+        ``(ids, keep, inputs)``: the padded ``(B, T)`` ids (CPU), the ``(B, T)`` mask of real
+        tokens (on ``device``) and ``{path: (B, T, d) input of that module}``.
+    """
     width = max(map(len, batch))
     ids = torch.zeros(len(batch), width, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
     for i, seq in enumerate(batch):
         ids[i, : len(seq)] = torch.tensor(seq)
         mask[i, : len(seq)] = 1
-    with Trace(model, list(todo.values())) as trace:
+    with Trace(model, list(paths)) as trace:
         model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    keep = mask.bool().to(device)
-    for layer, path in todo.items():
-        moments[layer].add(trace.inputs[path][keep])
+    return ids, mask.bool().to(device), trace.inputs

@@ -173,3 +173,12 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def changed_settings(had: dict, want: dict, missing: dict | None = None) -> list[str]:
+    """Sorted names of the settings in ``want`` whose value in a run's recorded editor config
+    ``had`` differs. A setting the file does not record counts as ``missing[k]`` (default:
+    ``want[k]``, i.e. unchanged); ``None`` in ``want`` (resolved per model, as tau: the file
+    records the value in use) is not compared."""
+    missing = want if missing is None else missing
+    return sorted(k for k, v in want.items() if v is not None and had.get(k, missing[k]) != v)

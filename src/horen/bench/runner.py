@@ -364,8 +364,7 @@ def _same_editor(result: dict, cfg: BenchConfig, path: Path) -> bool:
     want = dataclasses.asdict(config_class().replaced(_editor_overrides(cfg), cfg.method))
     default = dataclasses.asdict(config_class())  # for settings newer than the file
     had = result.get("editor", {}).get("config", {})
-    # None asks for the model's own default (tau, pool_ratio): a file records the value in use
-    diff = sorted(k for k in want if want[k] is not None and had.get(k, default[k]) != want[k])
+    diff = res.changed_settings(had, want, default)
     if diff:
         warnings.warn(f"{path} was made with other editor settings ({', '.join(diff)}): "
                       "running it again from the start")

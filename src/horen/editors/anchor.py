@@ -38,7 +38,7 @@ import torch
 from ..codebook import NO_MATCH, normalize, route_anchored
 from ..layer import PromptContext
 from ..models import get_module
-from ..stats import CORPORA, Trace, packed_sequences
+from ..stats import CORPORA, packed_sequences, traced_batch
 from ..subject import infer_subject, subject_tokens
 from ..text import encode_prompt, format_prompt
 from .base import register
@@ -224,22 +224,16 @@ class EntityHoReN(HoReN):
 
     @torch.no_grad()
     def _read_background(self) -> torch.Tensor:
-        cfg, tok = self.config, self.tokenizer
-        seqs = list(packed_sequences(tok, cfg.background_corpus, cfg.background_tokens, 128))
-        path = self._anchor_path
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        bos = tok.bos_token_id
+        cfg, path, bos = self.config, self._anchor_path, self.tokenizer.bos_token_id
+        seqs = list(packed_sequences(self.tokenizer, cfg.background_corpus,
+                                     cfg.background_tokens, 128))
         out = []
-        for start in range(0, len(seqs), 16):
-            chunk = seqs[start : start + 16]
-            ids = torch.full((len(chunk), max(map(len, chunk))), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, seq in enumerate(chunk):
-                ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-            with Trace(self.model, [path]) as trace:  # stops right after the anchor layer
-                self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            keep = mask.bool() if bos is None else mask.bool() & (ids != bos)
-            out.append(normalize(trace.inputs[path][keep.to(self.device)].float()))
+        for start in range(0, len(seqs), 16):  # each batch stops right after the anchor layer
+            ids, keep, inputs = traced_batch(self.model, seqs[start : start + 16], [path],
+                                             self.device)
+            if bos is not None:
+                keep &= (ids != bos).to(keep.device)
+            out.append(normalize(inputs[path][keep].float()))
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def background_scores(self, anchors: torch.Tensor) -> torch.Tensor:
