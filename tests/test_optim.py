@@ -35,3 +35,22 @@ def test_a_row_at_its_minimum_or_out_of_budget_stops():
     x, st = rowwise_lbfgs(x0, rosenbrock(torch.ones(2, dtype=torch.float64)), 5, 1e-12)
     assert st["evals"].tolist()[0] == 1 and torch.equal(x[0], x0[0])
     assert st["evals"][1] <= 5 and st["best"][1] < st["start"][1]
+
+
+def test_first_step_sets_the_first_trial_length():
+    """The first trial point lies ``first_step`` from x0 along -g (torch's rule: 1 / |g|_1)."""
+    x0 = torch.zeros(1, 8, dtype=torch.float64)
+    target = torch.arange(1.0, 9.0, dtype=torch.float64)
+    seen = []
+
+    def losses(x, rows=None):
+        seen.append(x.detach().clone())
+        return ((x - target) ** 2).sum(1)
+
+    rowwise_lbfgs(x0, losses, max_evals=2, stop_loss=0.0, first_step=3.0)
+    assert torch.allclose((seen[1] - x0).norm(), torch.tensor(3.0, dtype=torch.float64))
+    assert torch.allclose((seen[1] - x0) / 3.0, target / target.norm())
+    seen.clear()
+    rowwise_lbfgs(x0, losses, max_evals=2, stop_loss=0.0)
+    g = -2 * target
+    assert torch.allclose(seen[1] - x0, -g / g.abs().sum())

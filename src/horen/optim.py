@@ -31,6 +31,7 @@ def rowwise_lbfgs(
     max_evals: int,
     stop_loss: float,
     history: int = 10,
+    first_step: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Minimize each row's loss from ``x0`` ``(B, ...)``.
 
@@ -40,6 +41,8 @@ def rowwise_lbfgs(
         max_evals: loss evaluations per row, at most (each one batched pass, with gradient).
         stop_loss: a row stops once its loss is below this.
         history: (s, y) pairs kept per row.
+        first_step: length of a row's first trial step along -g (while it has no history);
+            None: torch's rule, 1 / |g|_1.
 
     Returns:
         ``(best_x, stats)``: each row's best point seen, and ``stats`` with per-row tensors
@@ -65,7 +68,8 @@ def rowwise_lbfgs(
     start, best, best_x = f.clone(), f.clone(), x.clone()
     active &= best >= stop_loss
     while active.any() and int(evals[active].max()) < max_evals:
-        steepest = -g * (1 / g.abs().sum(1, keepdim=True).clamp_min(1e-12))  # a first step
+        size = g.abs().sum(1, keepdim=True) if first_step is None else g.norm(dim=1, keepdim=True) / first_step
+        steepest = -g / size.clamp_min(1e-12)  # a first step
         first = (rho.abs().sum(1) == 0).to(g.device)
         p = torch.where(first[:, None], steepest, -_two_loop(g, s_hist, y_hist, rho))
         slope = (g * p).sum(1).cpu()

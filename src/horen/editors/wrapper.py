@@ -36,7 +36,11 @@ from .base import Editor, EditorConfig, NotConvergedWarning
 class TrainConfig(EditorConfig):
     """Value-training settings shared by the codebook editors."""
 
-    lr: float = dataclasses.field(default=1.0, metadata={"help": "Adam learning rate"})
+    lr: float = dataclasses.field(
+        default=1.0,
+        metadata={"help": "Adam learning rate (with L-BFGS: its first step is as long as "
+                  "Adam's first, lr * sqrt(value size))"},
+    )
     max_steps: int = dataclasses.field(
         default=200, metadata={"help": "Adam steps per edit, at most (the paper: 50)"}
     )
@@ -387,9 +391,15 @@ class CodebookEditor(SwappedLayerEditor):
 
     def _train_lbfgs(self, init: torch.Tensor, row_losses):
         """Each row by its own L-BFGS, all rows' losses in one pass (:mod:`horen.optim`);
-        ``max_steps`` bounds each row's loss evaluations, which are its ``steps``."""
+        ``max_steps`` bounds each row's loss evaluations, which are its ``steps``.
+
+        The first step is as long as Adam's first at ``lr`` (every element moved by lr):
+        torch's rule, 1 / |g|_1, starts some 1000x shorter on a 576-wide value and spends
+        a third of an edit's evaluations doubling its way out (demo facts + 16 synthetic, chat:
+        35.3 evaluations per edit against 26.6)."""
         cfg = self.config
-        values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss)
+        first = cfg.lr * init[0].numel() ** 0.5
+        values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss, first_step=first)
         return values, self._stats(st["evals"], st["start"], st["best"])
 
     def _full_forward(self, batch: Batch):
