@@ -90,6 +90,25 @@ class WISEConfig(EditorConfig):
             raise ValueError("merge_freq must be a multiple of save_freq >= 1")
 
 
+def greedy_templates(editor, how: str = "generated") -> list[str]:
+    """WISE's (and MEMOIR's) edit templates: ``["{}"]`` and, with ``how="generated"``, the
+    unedited model's greedy continuations of :data:`TEMPLATE_STARTS` to 5 and 10 new tokens,
+    each followed by ``" {}"`` (braces in the text become spaces); ``"bare"``: ``["{}"]``."""
+    templates = ["{}"]
+    if how == "generated":
+        tok, model = editor.tokenizer, editor.model
+        with editor.disabled(), torch.no_grad():
+            for length in (5, 10):
+                for start in TEMPLATE_STARTS:
+                    ids = torch.tensor([tok(start).input_ids], device=editor.device)
+                    gen = model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                        max_new_tokens=length, pad_token_id=tok.pad_token_id)
+                    text = tok.decode(gen[0], skip_special_tokens=True)
+                    templates.append(text.replace("{", " ").replace("}", " ") + " {}")
+    return templates
+
+
 def mean_pos(x: torch.Tensor) -> torch.Tensor:
     """Mean of the positive entries of ``x`` (0 if there are none)."""
     pos = x[x > 0]
@@ -228,18 +247,7 @@ class WISE(SwappedLayerEditor):
     def context_templates(self) -> list[str]:
         """``["{}"]`` + greedy continuations of :data:`TEMPLATE_STARTS` (5 and 10 tokens)."""
         if self.templates is None:
-            self.templates = ["{}"]
-            if self.config.templates == "generated":
-                tok = self.tokenizer
-                with self.disabled(), torch.no_grad():
-                    for length in (5, 10):
-                        for start in TEMPLATE_STARTS:
-                            ids = torch.tensor([tok(start).input_ids], device=self.device)
-                            gen = self.model.generate(
-                                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                max_new_tokens=length, pad_token_id=tok.pad_token_id)
-                            text = tok.decode(gen[0], skip_special_tokens=True)
-                            self.templates.append(text.replace("{", " ").replace("}", " ") + " {}")
+            self.templates = greedy_templates(self, self.config.templates)
         return self.templates
 
     def loc_sentence(self, edit_id: int) -> str:
