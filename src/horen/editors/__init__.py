@@ -7,6 +7,7 @@ from .ft import FTL, FTM, FTConfig
 from .grace import GRACE, GRACEConfig
 from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
 from .memit import MEMIT, MEMITConfig
+from .memoir import MEMOIR, MEMOIRConfig
 from .rome import ROME, ROMEConfig
 from .ultraedit import UltraEdit, UltraEditConfig
 from .unedited import Unedited
@@ -17,6 +18,7 @@ __all__ = [
     "FTM",
     "GRACE",
     "MEMIT",
+    "MEMOIR",
     "METHODS",
     "ROME",
     "WISE",
@@ -34,6 +36,7 @@ __all__ = [
     "HoReNMultiStep",
     "HoReNUnnormalized",
     "MEMITConfig",
+    "MEMOIRConfig",
     "NotConvergedWarning",
     "ROMEConfig",
     "UltraEdit",
