@@ -175,6 +175,7 @@ def test_no_edit_and_unrouted_prompts_are_bit_identical(family):
     ed.apply(R1)
     choice, best = ed.routes(prompts)
     assert choice[0] == 0 and (choice[1:] == -1).all(), best  # the rule decides, at tau 0.9
+    assert [int(ed.routes([p])[0]) for p in prompts] == choice.tolist()  # batching: the same
     out = edited_logits(ed, prompts)
     for row, c in enumerate(choice.tolist()):
         assert torch.equal(out[row], base[row]) == (c == -1)
