@@ -13,6 +13,7 @@ from horen import metrics as M
 from horen.data.record import EditRecord
 from horen.editors import HoReN, NotConvergedWarning
 from horen.layer import PromptContext
+from horen.editors.wrapper import end_weights
 from horen.text import answer_end_ids, make_batch
 
 P1, T1 = "Who leads Zorblat Industries?", "Mira Quell"
@@ -102,6 +103,33 @@ def test_values_are_trained_to_end_the_answer_after_the_target(setting, ends):
     plain = make_batch(tok, model, [P1], [T1])
     assert (labels[-1].item() == tok.eos_token_id) == ends
     assert len(labels) == int(plain.target_mask.sum()) + ends
+
+
+def test_end_weights_mark_each_rows_last_tokens():
+    rows = torch.tensor([0, 0, 0, 1, 1, 3])
+    assert end_weights(rows, 1, 10.0, 4).tolist() == [1, 1, 10, 1, 10, 10]
+    assert end_weights(rows, 2, 5.0, 4).tolist() == [1, 5, 5, 5, 5, 5]
+    assert end_weights(rows, 0, 5.0, 4).tolist() == [1] * 6
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_the_end_token_counts_end_weight_times_in_the_loss(weight):
+    """An edit's reported start loss (value 0: the base model) is the weighted mean of the
+    target tokens' cross-entropies, the end-of-sequence token counting ``end_weight`` times."""
+    model, tok = build("llama")
+    ed = HoReN(model, tok, max_steps=1, end_weight=weight, value_init="zero")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        ed.edit(P1, T1)
+    batch = make_batch(tok, model, [P1], [T1], end_ids=[tok.eos_token_id])
+    with ed.disabled(), torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    cols = batch.target_mask[0].nonzero()[:, 0]
+    ce = torch.nn.functional.cross_entropy(logits[0, cols - 1].float(), batch.input_ids[0, cols],
+                                           reduction="none")
+    w = torch.ones_like(ce)
+    w[-1] = weight
+    assert ed.edits[-1]["loss_start"] == pytest.approx(float((ce * w).sum() / w.sum()), abs=1e-4)
 
 
 class ScriptedEditor:
@@ -229,7 +257,8 @@ def test_a_plateau_above_converge_loss_goes_on_with_a_smaller_step(decay, monkey
     """The reference rule stops at the first bounce (patience 1); plateau_decay goes back to
     the best value with a smaller step, and the row converges."""
     model, tok = build("llama")
-    ed = HoReN(model, tok, lr=1.0, patience=1, max_steps=100, plateau_decay=decay,
+    ed = HoReN(model, tok, optimizer="adam", lr=1.0, patience=1, max_steps=100,
+               plateau_decay=decay,
                stop_loss=1e-3, converge_loss=5e-2)
     monkeypatch.setattr(ed, "_tail_forward", _bowl)
     init = torch.zeros(2, 4)

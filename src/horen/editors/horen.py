@@ -32,8 +32,24 @@ EXACT_ROUTER_MIN = 2048  # codebook size from which the chunked exact router pay
 
 @dataclasses.dataclass
 class HoReNConfig(TrainConfig):
-    """HoReN's settings (spec: HOREN_SPEC.md). tau/pool_ratio None = the model's defaults."""
+    """HoReN's settings (spec: HOREN_SPEC.md). tau/pool_ratio None = the model's defaults.
 
+    Value training departs from the paper's Adam by default (``docs/design.md``, "Where we
+    differ"): per-edit L-BFGS and the answer end weighted 10x in the loss. On ZsRE (1000
+    edits) the paper's Adam leaves 6.8% of edits above loss 0.1, and with the end token
+    weighted 1x 2.6% of paraphrase answers loop past the target ('Cooking Vinyl Vinyl
+    Vinyl...'). ``optimizer="adam", end_weight=1`` gives the earlier behaviour."""
+
+    optimizer: str = dataclasses.field(
+        default="lbfgs",
+        metadata={"help": "'lbfgs' (per-edit L-BFGS with a line search; max_steps counts loss "
+                  "evaluations) or 'adam' (the paper's)"},
+    )
+    end_weight: float = dataclasses.field(
+        default=10.0,
+        metadata={"help": "weight of the answer-end token(s) in an edit's training loss, a "
+                  "weighted mean over the target's tokens (1: a plain mean, the paper's)"},
+    )
     tau: float | None = dataclasses.field(
         default=None, metadata={"help": "cosine match threshold; None = model default"}
     )

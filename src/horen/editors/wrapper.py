@@ -79,6 +79,11 @@ class TrainConfig(EditorConfig):
             "paper: nothing, answers run on), or a stop string"
         },
     )
+    end_weight: float = dataclasses.field(
+        default=1.0,
+        metadata={"help": "weight of the answer-end token(s) in an edit's training loss, a "
+                  "weighted mean over the target's tokens (1: a plain mean)"},
+    )
     value_l2: float = dataclasses.field(
         default=0.0,
         metadata={"help": "adds value_l2 * mean(value**2) to each edit's training loss (and to "
@@ -104,6 +109,8 @@ class TrainConfig(EditorConfig):
             raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
         if not 0 <= self.plateau_decay < 1:
             raise ValueError(f"plateau_decay must be in [0, 1), not {self.plateau_decay}")
+        if self.end_weight <= 0:
+            raise ValueError(f"end_weight must be > 0, not {self.end_weight}")
         if self.value_l2 < 0:
             raise ValueError(f"value_l2 must be >= 0, not {self.value_l2}")
         if self.lr <= 0 or self.max_steps < 1 or self.patience < 1:
@@ -300,6 +307,10 @@ class CodebookEditor(SwappedLayerEditor):
     def train_value(self, init: torch.Tensor, batch: Batch, truncated: bool | None = None):
         """Adam on each row's mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
 
+        The mean is weighted: the answer-end token(s) count ``end_weight`` times (issue 30: an
+        edit that ends its own answer cleanly can still run on after a paraphrase when the end
+        token is one token among many in the loss).
+
         Every row has its own value and its own early stop; the summed loss gives each value
         exactly the gradient of its own row (Adam is per element), so a batch trains as its
         rows would alone. With ``plateau_decay`` a row that stops improving above
@@ -319,7 +330,8 @@ class CodebookEditor(SwappedLayerEditor):
         forward = self._tail_forward(batch, init) if truncated else self._full_forward(batch)
         rows, _, labels = forward(None)
         n_b = init.shape[0]
-        count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
+        weight = end_weights(rows, len(self.end_ids), cfg.end_weight, n_b)
+        count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, weight)
 
         def row_losses(value, keep=None):
             """(B,) mean target loss per row; rows outside ``keep`` are not computed (0)."""
@@ -327,6 +339,7 @@ class CodebookEditor(SwappedLayerEditor):
             _, logits, _ = forward(value, sel)
             picked, wanted = (rows, labels) if sel is None else (rows[sel], labels[sel])
             token_loss = F.cross_entropy(logits, wanted, reduction="none")
+            token_loss = token_loss * (weight if sel is None else weight[sel])
             loss = torch.zeros(n_b, device=labels.device).index_add(0, picked, token_loss) / count
             if cfg.value_l2:
                 loss = loss + cfg.value_l2 * value.reshape(n_b, -1).pow(2).mean(1).to(loss)
@@ -498,3 +511,17 @@ class CodebookEditor(SwappedLayerEditor):
     def routes(self, prompts: list[str]) -> torch.Tensor:
         """The codebook row each prompt is routed to (-1 = no match)."""
         return self.match(self.queries(prompts))
+
+
+def end_weights(rows: torch.Tensor, n_end: int, weight: float, n_rows: int) -> torch.Tensor:
+    """Per target token (``rows``: its batch row, row-major as ``nonzero`` gives them), its
+    weight in the loss: ``weight`` for each row's last ``n_end`` tokens (the answer end
+    :func:`horen.text.make_batch` appends), 1 for the others."""
+    out = torch.ones(len(rows), device=rows.device)
+    if not n_end or weight == 1:
+        return out
+    count = torch.zeros(n_rows, dtype=torch.long, device=rows.device).index_add_(
+        0, rows, torch.ones_like(rows))
+    last = count.cumsum(0)[rows] - 1  # index of the row's last token
+    from_end = last - torch.arange(len(rows), device=rows.device)
+    return torch.where(from_end < n_end, weight, out)
