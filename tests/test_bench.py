@@ -228,6 +228,16 @@ def test_resume_runs_again_a_file_made_with_other_editor_defaults(tmp_path):
                                  RECORDS, build("llama"))
     assert again["started"] != "old"
     assert again["editor"]["config"]["max_steps"] == full["editor"]["config"]["max_steps"]
+    # a file made before a setting existed ran with the setting's old behaviour (HoReN's
+    # optimizer was Adam then), not with today's default
+    older = json.loads(path.read_text())
+    del older["editor"]["config"]["optimizer"]
+    older["started"] = "older"
+    path.write_text(json.dumps(older))
+    with pytest.warns(UserWarning, match="other editor settings .optimizer."):
+        again = runner.run_bench(cfg(tmp_path, checkpoints=[1, 2], scorers=["tf"], resume=True),
+                                 RECORDS, build("llama"))
+    assert again["started"] != "older"
 
 
 def test_resume_restarts_a_killed_run_of_an_older_decoding(tmp_path):

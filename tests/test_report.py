@@ -140,6 +140,11 @@ def test_a_run_made_with_defaults_since_changed_says_so():
     assert report._run_label(old) == "horen (defaults then: max_steps=50, stop_loss=0.01)"
     assert report._run_label(same) == "horen"
     assert report._run_label(chosen) == "horen (max_steps=50)"
+    # settings newer than the run count as their old behaviour (``before``), not as today's
+    older = fake_result("horen")
+    older["editor"] = {"config": {k: v for k, v in now.items() if k not in ("optimizer",
+                                                                              "end_weight")}}
+    assert report._run_label(older) == "horen (defaults then: end_weight=1.0, optimizer=adam)"
 
 
 def test_runs_are_ordered_by_the_numbers_in_their_settings(tmp_path):

@@ -184,7 +184,8 @@ def _older_defaults(r: dict) -> list[str]:
     overrides = (r.get("config") or {}).get("overrides") or {}
     now = {k: v for k, v in dataclasses.asdict(config_class()).items()
            if k not in overrides and k != "chat"}
-    return [f"{k}={had[k]}" for k in changed_settings(had, now)]
+    before = config_class.before_settings()  # settings newer than the run
+    return [f"{k}={had.get(k, before[k])}" for k in changed_settings(had, now, before)]
 
 
 OLD_DECODING = "¹"

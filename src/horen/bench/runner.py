@@ -362,9 +362,8 @@ def _same_editor(result: dict, cfg: BenchConfig, path: Path) -> bool:
     run would use (a default changed since): it is run again rather than reported as done."""
     config_class = get_method(cfg.method).config_class
     want = dataclasses.asdict(config_class().replaced(_editor_overrides(cfg), cfg.method))
-    default = dataclasses.asdict(config_class())  # for settings newer than the file
     had = result.get("editor", {}).get("config", {})
-    diff = res.changed_settings(had, want, default)
+    diff = res.changed_settings(had, want, config_class.before_settings())
     if diff:
         warnings.warn(f"{path} was made with other editor settings ({', '.join(diff)}): "
                       "running it again from the start")

@@ -100,6 +100,13 @@ class EditorConfig:
             warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown}", stacklevel=2)
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @classmethod
+    def before_settings(cls) -> dict:
+        """Each setting's value in a run recorded before the setting existed: its ``before``
+        metadata where a setting changed behaviour when it was added (HoReN's ``optimizer``
+        was Adam before the setting existed), else its default."""
+        return {f.name: f.metadata.get("before", f.default) for f in dataclasses.fields(cls)}
+
     def replaced(self, settings: dict, method: str) -> EditorConfig:
         """A copy with ``settings`` changed; an unknown one is a ValueError that lists the
         known settings of ``method`` (the one home of that check: the editors and the

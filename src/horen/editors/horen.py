@@ -43,12 +43,13 @@ class HoReNConfig(TrainConfig):
     optimizer: str = dataclasses.field(
         default="lbfgs",
         metadata={"help": "'lbfgs' (per-edit L-BFGS with a line search; max_steps counts loss "
-                  "evaluations) or 'adam' (the paper's)"},
+                  "evaluations) or 'adam' (the paper's)", "before": "adam"},
     )
     end_weight: float = dataclasses.field(
         default=10.0,
         metadata={"help": "weight of the answer-end token(s) in an edit's training loss, a "
-                  "weighted mean over the target's tokens (1: a plain mean, the paper's)"},
+                  "weighted mean over the target's tokens (1: a plain mean, the paper's)",
+                  "before": 1.0},
     )
     tau: float | None = dataclasses.field(
         default=None, metadata={"help": "cosine match threshold; None = model default"}
