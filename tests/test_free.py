@@ -114,8 +114,9 @@ def test_end_weights_mark_each_rows_last_tokens():
 
 @pytest.mark.parametrize("weight", [1.0, 4.0])
 def test_the_end_token_counts_end_weight_times_in_the_loss(weight):
-    """An edit's reported start loss (value 0: the base model) is the weighted mean of the
-    target tokens' cross-entropies, the end-of-sequence token counting ``end_weight`` times."""
+    """An edit's reported start loss (value 0: the base model) is the sum of the target
+    tokens' cross-entropies, the end-of-sequence token's counted ``end_weight`` times, divided
+    by the number of target tokens."""
     model, tok = build("llama")
     ed = HoReN(model, tok, max_steps=1, end_weight=weight, value_init="zero")
     with warnings.catch_warnings():
@@ -129,7 +130,7 @@ def test_the_end_token_counts_end_weight_times_in_the_loss(weight):
                                            reduction="none")
     w = torch.ones_like(ce)
     w[-1] = weight
-    assert ed.edits[-1]["loss_start"] == pytest.approx(float((ce * w).sum() / w.sum()), abs=1e-4)
+    assert ed.edits[-1]["loss_start"] == pytest.approx(float((ce * w).sum() / len(w)), abs=1e-4)
 
 
 class ScriptedEditor:
@@ -258,7 +259,7 @@ def test_a_plateau_above_converge_loss_goes_on_with_a_smaller_step(decay, monkey
     the best value with a smaller step, and the row converges."""
     model, tok = build("llama")
     ed = HoReN(model, tok, optimizer="adam", lr=1.0, patience=1, max_steps=100,
-               plateau_decay=decay,
+               plateau_decay=decay, end_weight=1.0,
                stop_loss=1e-3, converge_loss=5e-2)
     monkeypatch.setattr(ed, "_tail_forward", _bowl)
     init = torch.zeros(2, 4)

@@ -47,8 +47,9 @@ class HoReNConfig(TrainConfig):
     )
     end_weight: float = dataclasses.field(
         default=10.0,
-        metadata={"help": "weight of the answer-end token(s) in an edit's training loss, a "
-                  "weighted mean over the target's tokens (1: a plain mean, the paper's)",
+        metadata={"help": "weight of the answer-end token(s) in an edit's training loss (a sum "
+                  "over the target's tokens divided by their number; 1: a plain mean, the "
+                  "paper's)",
                   "before": 1.0},
     )
     tau: float | None = dataclasses.field(

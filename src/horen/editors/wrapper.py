@@ -81,8 +81,8 @@ class TrainConfig(EditorConfig):
     )
     end_weight: float = dataclasses.field(
         default=1.0,
-        metadata={"help": "weight of the answer-end token(s) in an edit's training loss, a "
-                  "weighted mean over the target's tokens (1: a plain mean)"},
+        metadata={"help": "weight of the answer-end token(s) in an edit's training loss (a sum "
+                  "over the target's tokens divided by their number; 1: a plain mean)"},
     )
     value_l2: float = dataclasses.field(
         default=0.0,
@@ -307,9 +307,12 @@ class CodebookEditor(SwappedLayerEditor):
     def train_value(self, init: torch.Tensor, batch: Batch, truncated: bool | None = None):
         """Adam on each row's mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
 
-        The mean is weighted: the answer-end token(s) count ``end_weight`` times (issue 30: an
-        edit that ends its own answer cleanly can still run on after a paraphrase when the end
-        token is one token among many in the loss).
+        The answer-end token(s) count ``end_weight`` times in the sum, which is divided by the
+        number of target tokens: the loss bounds the plain mean (so ``stop_loss`` asks the
+        target's tokens what it always did) and the end token's own loss much more tightly.
+        (Issue 30: an edit that ends its own answer can still run on after a paraphrase when
+        the end token is one token among many; a weighted MEAN instead relaxed the target's
+        tokens, ZsRE N = 1000 teacher-forced Gen 0.880 -> 0.856.)
 
         Every row has its own value and its own early stop; the summed loss gives each value
         exactly the gradient of its own row (Adam is per element), so a batch trains as its
@@ -331,7 +334,7 @@ class CodebookEditor(SwappedLayerEditor):
         rows, _, labels = forward(None)
         n_b = init.shape[0]
         weight = end_weights(rows, len(self.end_ids), cfg.end_weight, n_b)
-        count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, weight)
+        count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, torch.ones_like(weight))
 
         def row_losses(value, keep=None):
             """(B,) mean target loss per row; rows outside ``keep`` are not computed (0)."""
