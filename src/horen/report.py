@@ -181,6 +181,8 @@ def _older_defaults(r: dict) -> list[str]:
     except ValueError:
         return []
     had = (r.get("editor") or {}).get("config") or {}
+    if not had:  # the run recorded no editor settings: nothing to compare
+        return []
     overrides = (r.get("config") or {}).get("overrides") or {}
     now = {k: v for k, v in dataclasses.asdict(config_class()).items()
            if k not in overrides and k != "chat"}
