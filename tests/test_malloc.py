@@ -45,7 +45,7 @@ def test_weight_editors_set_it(monkeypatch):
     from conftest import build
 
     from horen.editors import weights
-    from horen.editors.memit import MEMIT
+    from horen.editors.weights.memit import MEMIT
 
     calls = []
     monkeypatch.setattr(weights, "release_large_blocks", lambda: calls.append(1))

@@ -23,13 +23,13 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ..codebook import Codebook
-from ..layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
-from ..models import get_module, set_module
-from ..optim import rowwise_lbfgs
-from ..suffix import Suffix
-from ..text import Batch, answer_end_ids, make_batch
-from .base import Editor, EditorConfig, NotConvergedWarning
+from ...codebook import Codebook
+from ...layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
+from ...models import get_module, set_module
+from ...optim import rowwise_lbfgs
+from ...suffix import Suffix
+from ...text import Batch, answer_end_ids, make_batch
+from ..base import Editor, EditorConfig, NotConvergedWarning
 
 
 @dataclasses.dataclass
