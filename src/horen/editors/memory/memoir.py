@@ -67,7 +67,7 @@ from ...stats import CORPORA, Trace, packed_sequences, traced_batch
 from ...suffix import Suffix
 from ...text import make_batch
 from ..base import EditorConfig, register
-from ..codebook.editor import SwappedLayerEditor
+from ..swapped import SwappedLayerEditor
 from ..weights.locate import depth_layer, n_layers
 from .wise import greedy_templates
 

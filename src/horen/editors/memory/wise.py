@@ -51,7 +51,7 @@ from ...stats import corpus_texts
 from ...suffix import Suffix
 from ...text import make_batch
 from ..base import EditorConfig, register
-from ..codebook.editor import SwappedLayerEditor
+from ..swapped import SwappedLayerEditor
 from ..weights.locate import cat_batches
 
 TEMPLATE_STARTS = ("I", "You", "Because", "Yes", "Q: ")
