@@ -44,7 +44,7 @@ def test_big_temporaries_are_mmapped_after_a_big_block_was_freed():
 def test_weight_editors_set_it(monkeypatch):
     from conftest import build
 
-    from horen.editors import weights
+    from horen.editors.weights import editor as weights
     from horen.editors.weights.memit import MEMIT
 
     calls = []
