@@ -25,8 +25,8 @@ import torch
 from horen import load_model
 from horen.bench.results import git_state, machine
 from horen.data import load_dataset
-from horen.editors.locate import make_request
-from horen.editors.memit import MEMIT
+from horen.editors.weights.locate import make_request
+from horen.editors.weights.memit import MEMIT
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import horen
 from horen.editors import GRACE, HoReN
-from horen.editors.wrapper import CodebookEditor
+from horen.editors.codebook.editor import CodebookEditor
 from horen.text import make_batch
 
 P1, T1 = "Who leads Zorblat Industries?", "Mira Quell"
@@ -365,7 +365,7 @@ def test_chat_prompts_pool_over_the_message_only(tiny):
 
 def test_big_codebooks_route_through_the_exact_router_with_the_same_decisions(tiny):
     from horen.codebook import normalize, refine, route_cosine
-    from horen.editors.horen import EXACT_ROUTER_MIN
+    from horen.editors.codebook.horen import EXACT_ROUTER_MIN
 
     model, tok = tiny
     ed = HoReN(model, tok, tau=0.3)

@@ -253,7 +253,7 @@ def test_route_anchored_takes_the_min_over_anchors_of_the_max_over_tokens():
 
 
 def test_the_anchor_matrix_follows_writes_and_removals():
-    from horen.editors.anchor import _padded
+    from horen.editors.codebook.entity import _padded
 
     model, tok = build("llama")
     ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=0.99, max_steps=1, anchor_tokens="all")

@@ -12,7 +12,7 @@ from conftest import build
 from horen import metrics as M
 from horen.data.record import EditRecord
 from horen.editors import HoReN, NotConvergedWarning
-from horen.editors.wrapper import end_weights
+from horen.editors.codebook.training import end_weights
 from horen.layer import PromptContext
 from horen.text import answer_end_ids, make_batch
 

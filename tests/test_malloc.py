@@ -44,8 +44,8 @@ def test_big_temporaries_are_mmapped_after_a_big_block_was_freed():
 def test_weight_editors_set_it(monkeypatch):
     from conftest import build
 
-    from horen.editors import weights
-    from horen.editors.memit import MEMIT
+    from horen.editors.weights import editor as weights
+    from horen.editors.weights.memit import MEMIT
 
     calls = []
     monkeypatch.setattr(weights, "release_large_blocks", lambda: calls.append(1))

@@ -13,8 +13,7 @@ from conftest import build
 
 from horen.data.record import EditRecord
 from horen.editors.base import Editor
-from horen.editors.locate import depth_layer
-from horen.editors.memoir import (
+from horen.editors.memory.memoir import (
     BACKGROUND_SEQ_LEN,
     LAYER_RATIO,
     MEMOIR,
@@ -25,6 +24,7 @@ from horen.editors.memoir import (
     route_masks,
     tophash,
 )
+from horen.editors.weights.locate import depth_layer
 from horen.stats import Trace, packed_sequences
 from horen.text import make_batch
 

@@ -10,12 +10,12 @@ import torch
 from conftest import build, require_shared, skip_or_fail
 
 from horen.data.record import EditRecord
-from horen.editors.alphaedit import AlphaEdit
 from horen.editors.base import Editor, get_method
-from horen.editors.ft import FTL, FTM
-from horen.editors.locate import make_request
-from horen.editors.memit import MEMIT, key_gain
-from horen.editors.rome import ROME
+from horen.editors.weights.alphaedit import AlphaEdit
+from horen.editors.weights.ft import FTL, FTM
+from horen.editors.weights.locate import make_request
+from horen.editors.weights.memit import MEMIT, key_gain
+from horen.editors.weights.rome import ROME
 from horen.layer import StopForward
 from horen.stats import SecondMoment, Trace, layer_stats, packed_sequences, stats_path
 from horen.text import make_batch
@@ -406,7 +406,7 @@ def test_configs_round_trip_and_validate(method):
 
 # ---- UltraEdit -----------------------------------------------------------------------------
 def test_ultraedit_ridge_factors_equal_the_closed_form():
-    from horen.editors.ultraedit import delta_norm, ridge_factors
+    from horen.editors.weights.ultraedit import delta_norm, ridge_factors
 
     for n in (3, 12):  # fewer rows than input dims (factors), more (dense)
         k, v = torch.randn(n, 8, dtype=torch.float64), torch.randn(n, 5, dtype=torch.float64)
@@ -419,7 +419,7 @@ def test_ultraedit_ridge_factors_equal_the_closed_form():
 
 
 def test_ultraedit_moments_merge_to_the_direct_statistics():
-    from horen.editors.ultraedit import batch_moments, merge_moments
+    from horen.editors.weights.ultraedit import batch_moments, merge_moments
 
     z = torch.randn(40, 6, dtype=torch.float64)
     total = batch_moments(z[:1])  # a single row: no variance of its own
@@ -432,7 +432,7 @@ def test_ultraedit_moments_merge_to_the_direct_statistics():
 
 def test_ultraedit_writes_the_normalized_pseudo_values(family):
     """One edit: each matrix's ΔW is ridge((K, -lr·‖k̂‖²·ĝ)) with this batch's statistics."""
-    from horen.editors.ultraedit import UltraEdit
+    from horen.editors.weights.ultraedit import UltraEdit
 
     model, tok = build(family)
     ed = UltraEdit(model, tok, lr=1e-2)
@@ -456,7 +456,7 @@ def test_ultraedit_gradient_needs_the_head_only_at_target_positions(family):
     the cross-entropy over the full logits."""
     import torch.nn.functional as F
 
-    from horen.editors.ultraedit import UltraEdit
+    from horen.editors.weights.ultraedit import UltraEdit
     from horen.text import make_batch
 
     model, tok = build(family)
@@ -494,7 +494,7 @@ def w_matrix_at(ed, path) -> torch.Tensor:
 
 
 def test_ultraedit_rollback_restores_the_normalizer():
-    from horen.editors.ultraedit import UltraEdit
+    from horen.editors.weights.ultraedit import UltraEdit
 
     model, tok = build("llama")
     ed = UltraEdit(model, tok, lr=1e-2)
@@ -508,7 +508,7 @@ def test_ultraedit_rollback_restores_the_normalizer():
 
 
 def test_ultraedit_default_modules_scale_with_depth(monkeypatch):
-    import horen.editors.ultraedit as ue
+    import horen.editors.weights.ultraedit as ue
 
     model, _ = build("llama")
     monkeypatch.setattr(ue, "n_layers", lambda _m: 30)  # the embedded model's depth

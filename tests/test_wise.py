@@ -8,7 +8,7 @@ from conftest import build
 
 from horen.data.record import EditRecord
 from horen.editors.base import Editor
-from horen.editors.wise import WISE, WISEConfig, mean_pos, ties_merge
+from horen.editors.memory.wise import WISE, WISEConfig, mean_pos, ties_merge
 from horen.layer import PromptContext
 from horen.text import make_batch
 

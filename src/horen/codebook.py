@@ -128,7 +128,7 @@ def route_anchored(
     question_tau: float | None = None,
     **hopfield,
 ) -> torch.Tensor:
-    """horen-entity: the relation, entity and question gates (:mod:`horen.editors.anchor`).
+    """horen-entity: the relation, entity and question gates (:mod:`horen.editors.codebook.entity`).
 
     Args:
         q: ``(B, d)`` unit pooled queries; refined by :func:`refine` (``**hopfield``: beta,
@@ -137,7 +137,7 @@ def route_anchored(
         anchors: ``(K, d_a)`` one unit anchor per key, or ``(K, J, d_a)`` several (the
             subject's tokens), ``anchor_mask`` ``(K, J)`` marking the real ones.
         anchor_tau: the entity gate's threshold: one for all anchors, or ``(K,)`` / ``(K, J)``
-            one per anchor (:meth:`horen.editors.anchor.EntityHoReN.anchor_thresholds`).
+            one per anchor (:meth:`horen.editors.codebook.entity.EntityHoReN.anchor_thresholds`).
         questions, question_keys, question_tau: the optional question gate, ``(B, d_q)``
             unit queries and ``(K, d_q)`` unit keys (the edit site's input at the last prompt
             token): an entry also needs cosine ``> question_tau`` there. None: no such gate.

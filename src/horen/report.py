@@ -31,7 +31,7 @@ from pathlib import Path
 from . import metrics
 from .bench.results import changed_settings, slug
 from .editors.base import get_method
-from .editors.weights import ROLLBACK_SETTINGS
+from .editors.weights.editor import ROLLBACK_SETTINGS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

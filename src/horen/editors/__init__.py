@@ -1,17 +1,22 @@
-"""Editing methods, one module each, registered by name in :data:`METHODS`."""
+"""Editing methods, registered by name in :data:`METHODS`.
 
-from .alphaedit import AlphaEdit, AlphaEditConfig
-from .anchor import EntityConfig, EntityHoReN
+Editors that keep the base model frozen live in :mod:`.codebook` (HoReN, horen-entity, GRACE
+and the ablations) and :mod:`.memory` (WISE, MEMOIR); editors that rewrite the weights in
+:mod:`.weights` (ROME, MEMIT, AlphaEdit, FT-L/FT-M, UltraEdit).
+"""
+
 from .base import METHODS, Editor, EditorConfig, NotConvergedWarning, get_method, register
-from .ft import FTL, FTM, FTConfig
-from .grace import GRACE, GRACEConfig
-from .horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
-from .memit import MEMIT, MEMITConfig
-from .memoir import MEMOIR, MEMOIRConfig
-from .rome import ROME, ROMEConfig
-from .ultraedit import UltraEdit, UltraEditConfig
+from .codebook.entity import EntityConfig, EntityHoReN
+from .codebook.grace import GRACE, GRACEConfig
+from .codebook.horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
+from .memory.memoir import MEMOIR, MEMOIRConfig
+from .memory.wise import WISE, WISEConfig
 from .unedited import Unedited
-from .wise import WISE, WISEConfig
+from .weights.alphaedit import AlphaEdit, AlphaEditConfig
+from .weights.ft import FTL, FTM, FTConfig
+from .weights.memit import MEMIT, MEMITConfig
+from .weights.rome import ROME, ROMEConfig
+from .weights.ultraedit import UltraEdit, UltraEditConfig
 
 __all__ = [
     "FTL",

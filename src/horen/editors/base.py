@@ -2,9 +2,10 @@
 
 Every editing method is a subclass of :class:`Editor` registered with :func:`register`; the
 registry :data:`METHODS` is the single list of methods the CLI, the config loader and the
-benchmark read. Two families share the contract: wrapper editors (HoReN, GRACE) that swap a
-codebook layer in place of W, and weight-rewriting editors, which would save their deltas the
-same way.
+benchmark read. Two families share the contract: editors that keep the base model frozen and
+swap a layer in place of W (HoReN and GRACE in :mod:`horen.editors.codebook`, WISE and MEMOIR
+in :mod:`horen.editors.memory`), and the weight-rewriting editors of
+:mod:`horen.editors.weights`, which save their deltas the same way.
 
 Adding a method: subclass :class:`Editor`, give it a ``method`` name and a ``config_class``
 dataclass, implement :meth:`Editor._apply` first (write one edit), then ``_remove``,

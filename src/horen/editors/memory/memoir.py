@@ -15,7 +15,7 @@ coordinates of |feature|, moved by a fixed random permutation π of the columns
 it decides which columns of W_m an edit owns.
 
 **One edit** (:meth:`MEMOIR.train`): the prompt + target under WISE's templates (``"{}"``
-and 10 greedy continuations, :func:`horen.editors.wise.greedy_templates`); the mask comes
+and 10 greedy continuations, :func:`horen.editors.memory.wise.greedy_templates`); the mask comes
 from the bare prompt (row 0) and is applied to every row and every token. SGD on W_m only,
 fresh per edit (lr ``edit_lr``, weight decay ``weight_decay``), the gradient clipped to
 Frobenius norm ``max_grad_norm``, at most ``n_iter`` steps, stopping once the loss changes by
@@ -60,16 +60,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.record import EditRecord
-from ..layer import PromptContext, WrapperLayer
-from ..models import get_module, set_module
-from ..stats import CORPORA, Trace, packed_sequences, traced_batch
-from ..suffix import Suffix
-from ..text import make_batch
-from .base import EditorConfig, register
-from .locate import depth_layer, n_layers
+from ...data.record import EditRecord
+from ...layer import PromptContext, WrapperLayer
+from ...models import get_module, set_module
+from ...stats import CORPORA, Trace, packed_sequences, traced_batch
+from ...suffix import Suffix
+from ...text import make_batch
+from ..base import EditorConfig, register
+from ..swapped import SwappedLayerEditor
+from ..weights.locate import depth_layer, n_layers
 from .wise import greedy_templates
-from .wrapper import SwappedLayerEditor
 
 BACKGROUND_SEQ_LEN = 16
 """Tokens per background sequence (BOS included): about a ZsRE prompt's length, the kind of

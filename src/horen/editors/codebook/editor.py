@@ -7,7 +7,8 @@ A :class:`CodebookEditor` owns a :class:`~horen.codebook.Codebook`, swaps a
 2. run the layers below L once (:meth:`horen.suffix.Suffix.capture`) and read W's input;
 3. ``query`` it (method-specific), ``write`` the codebook (method-specific: the update cases);
 4. train that entry's value with Adam on the target's cross-entropy, running only layers
-   L..end on the captured activations, the LM head only at the target positions.
+   L..end on the captured activations, the LM head only at the target positions
+   (:mod:`horen.editors.codebook.training`).
 
 Values are direct vectors (d_model) or, as the paper's appendix H.3, rank-r LoRA pairs
 (:class:`LoRAValues`), applied to W's input at the last prompt token.
@@ -18,18 +19,17 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
-from ..codebook import Codebook
-from ..layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
-from ..models import get_module, set_module
-from ..optim import rowwise_lbfgs
-from ..suffix import Suffix
-from ..text import Batch, answer_end_ids, make_batch
-from .base import Editor, EditorConfig, NotConvergedWarning
+from ...codebook import Codebook
+from ...layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
+from ...models import get_module, set_module
+from ...suffix import Suffix
+from ...text import Batch, answer_end_ids, make_batch
+from ..base import EditorConfig, NotConvergedWarning
+from ..swapped import SwappedLayerEditor
+from .training import full_forward, tail_forward, train_values
 
 
 @dataclasses.dataclass
@@ -147,31 +147,8 @@ class LoRAValues:
         return torch.cat([a, torch.zeros(self.rank * self.d_out)])  # B = 0: starts as a no-op
 
 
-class SwappedLayerEditor(Editor):
-    """Base of the editors that swap a :class:`~horen.layer.WrapperLayer` in for W
-    (``self.layer``): the unedited model, unwrapping, and the prompt context."""
-
-    layer: WrapperLayer
-
-    @contextmanager
-    def disabled(self):
-        previous, self.layer.enabled = self.layer.enabled, False
-        try:
-            yield self.model
-        finally:
-            self.layer.enabled = previous
-
-    def close(self) -> None:
-        """Put the original W back into the model."""
-        if get_module(self.model, self.site.path) is self.layer:
-            set_module(self.model, self.site.path, self.layer.base_layer)
-
-    def prompt_context(self, ctx: PromptContext):
-        return self.layer.prompt(ctx)
-
-
 class CodebookEditor(SwappedLayerEditor):
-    """Base of the wrapper editors. Subclasses define ``query``, ``match`` and ``write``."""
+    """Base of the codebook editors. Subclasses define ``query``, ``match`` and ``write``."""
 
     config_class = TrainConfig
     mode = "add"
@@ -305,137 +282,25 @@ class CodebookEditor(SwappedLayerEditor):
         return self.values.init(self.config.value_init, gen)[None].to(self.codebook.device)
 
     def train_value(self, init: torch.Tensor, batch: Batch, truncated: bool | None = None):
-        """Adam on each row's mean target cross-entropy; ``init`` is ``(B, *value_shape)``.
+        """Train one value per row of ``batch`` from ``init`` ``(B, *value_shape)``
+        (:func:`~horen.editors.codebook.training.train_values`: the loss, the optimizers and
+        their early stops); returns ``(values, stats)``.
 
-        The answer-end token(s) count ``end_weight`` times in the sum, which is divided by the
-        number of target tokens: the loss bounds the plain mean (so ``stop_loss`` asks the
-        target's tokens what it always did) and the end token's own loss much more tightly.
-        (Issue 30: an edit that ends its own answer can still run on after a paraphrase when
-        the end token is one token among many; a weighted MEAN instead relaxed the target's
-        tokens, ZsRE N = 1000 teacher-forced Gen 0.880 -> 0.856.)
-
-        Every row has its own value and its own early stop; the summed loss gives each value
-        exactly the gradient of its own row (Adam is per element), so a batch trains as its
-        rows would alone. With ``plateau_decay`` a row that stops improving above
-        ``converge_loss`` goes back to its best value and on with a smaller step (its own
-        learning rate times ``plateau_decay``, at most 8 times), instead of stopping. With
-        ``truncated`` only layers L..end run, on the last prompt token and the targets
-        (:meth:`horen.suffix.Suffix.tail`); otherwise the full model runs every step (the
-        reference's cost; same results up to float rounding).
-
-        Returns:
-            ``(values, stats)``: the kept values ``(B, ...)`` (the best seen with early
-            stopping, else the last) and per-row ``{"steps", "loss_start", "loss",
-            "converged"}`` (converged: the loss is at most ``converge_loss``).
+        With ``truncated`` (default: the ``truncate`` setting) only layers L..end run, on the
+        last prompt token and the targets (:meth:`horen.suffix.Suffix.tail`); otherwise the
+        full model runs every step (the reference's cost; same results up to float rounding).
         """
-        cfg = self.config
-        truncated = cfg.truncate if truncated is None else truncated
+        truncated = self.config.truncate if truncated is None else truncated
         forward = self._tail_forward(batch, init) if truncated else self._full_forward(batch)
-        rows, _, labels = forward(None)
-        n_b = init.shape[0]
-        weight = end_weights(rows, len(self.end_ids), cfg.end_weight, n_b)
-        count = torch.zeros(n_b, device=labels.device).index_add_(0, rows, torch.ones_like(weight))
-
-        def row_losses(value, keep=None):
-            """(B,) mean target loss per row; rows outside ``keep`` are not computed (0)."""
-            sel = None if keep is None else keep.to(rows.device)[rows]
-            _, logits, _ = forward(value, sel)
-            picked, wanted = (rows, labels) if sel is None else (rows[sel], labels[sel])
-            token_loss = F.cross_entropy(logits, wanted, reduction="none")
-            token_loss = token_loss * (weight if sel is None else weight[sel])
-            loss = torch.zeros(n_b, device=labels.device).index_add(0, picked, token_loss) / count
-            if cfg.value_l2:
-                loss = loss + cfg.value_l2 * value.reshape(n_b, -1).pow(2).mean(1).to(loss)
-            return loss
-
-        if cfg.optimizer == "lbfgs":
-            return self._train_lbfgs(init, row_losses)
-        value = init.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([value], lr=cfg.lr)
-        best = torch.full((n_b,), float("inf"))
-        best_value, start = value.detach().clone(), None
-        stale, steps = torch.zeros(n_b, dtype=torch.long), torch.zeros(n_b, dtype=torch.long)
-        active = torch.ones(n_b, dtype=torch.bool)
-        scale = torch.ones(n_b)  # each row's learning rate, relative to cfg.lr
-        min_scale = cfg.plateau_decay**8
-        for step in range(1, cfg.max_steps + 1):
-            per_row = row_losses(value, active)  # finished rows skip the LM head
-            current = per_row.detach().cpu()
-            start = current.clone() if start is None else start
-            better = active & (current < best - 1e-4)
-            best = torch.where(better, current, best)
-            best_value[better] = value.detach()[better]
-            stale = torch.where(better, 0, stale + active.long())
-            steps += active.long()
-            if cfg.early_stop:
-                plateau = stale >= cfg.patience
-                if cfg.plateau_decay:
-                    decay = active & plateau & (best > cfg.converge_loss) & (scale > min_scale)
-                    if decay.any():
-                        scale[decay] *= cfg.plateau_decay
-                        stale[decay] = 0
-                        with torch.no_grad():
-                            value[decay] = best_value[decay]
-                        plateau &= ~decay
-                active &= ~((best < cfg.stop_loss) | plateau)
-                if not active.any():
-                    break
-            opt.zero_grad(set_to_none=True)
-            per_row[active.to(per_row.device)].sum().backward()
-            if cfg.plateau_decay:
-                before = value.detach().clone()
-                opt.step()
-                with torch.no_grad():  # a per-row learning rate: scale each row's Adam step
-                    value.copy_(before + scale.to(value).view(-1, *[1] * (value.dim() - 1))
-                                * (value - before))
-            else:
-                opt.step()
-        if not cfg.early_stop:  # the reference keeps the last value (loss: before its step)
-            best, best_value = current, value.detach().clone()
-        return best_value, self._stats(steps, start, best)
-
-    def _stats(self, steps, start, best) -> list[dict]:
-        return [
-            {
-                "steps": int(steps[b]),
-                "loss_start": round(float(start[b]), 5),
-                "loss": round(float(best[b]), 5),
-                "converged": bool(best[b] <= self.config.converge_loss),
-            }
-            for b in range(len(best))
-        ]
-
-    def _train_lbfgs(self, init: torch.Tensor, row_losses):
-        """Each row by its own L-BFGS, all rows' losses in one pass (:mod:`horen.optim`);
-        ``max_steps`` bounds each row's loss evaluations, which are its ``steps``.
-
-        The first step is as long as Adam's first at ``lr`` (every element moved by lr):
-        torch's rule, 1 / |g|_1, starts some 1000x shorter on a 576-wide value and spends
-        a third of an edit's evaluations doubling its way out (demo facts + 16 synthetic, chat:
-        35.3 evaluations per edit against 26.6)."""
-        cfg = self.config
-        first = cfg.lr * init[0].numel() ** 0.5
-        values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss, first_step=first)
-        return values, self._stats(st["evals"], st["start"], st["best"])
+        return train_values(init, forward, self.config, len(self.end_ids))
 
     def _full_forward(self, batch: Batch):
-        """``forward(values, sel=None) -> (rows, logits, labels)`` through the whole model
-        (logits at the target positions, only those of ``sel``, a mask over them)."""
-        rows, cols = batch.target_mask.nonzero(as_tuple=True)
-        labels = batch.input_ids[rows, cols]
-
-        def forward(values, sel=None):
-            if values is None:
-                return rows, None, labels
-            with self.layer.prompt(PromptContext.of(batch, forced_values=values)):
-                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            r, c = (rows, cols) if sel is None else (rows[sel], cols[sel])
-            return rows, out.logits[r, c - 1].float(), labels
-
-        return forward
+        """The whole model's forward (:func:`~horen.editors.codebook.training.full_forward`)."""
+        return full_forward(self.model, self.layer, batch)
 
     def _tail_forward(self, batch: Batch, check: torch.Tensor | None = None):
-        """``forward(values) -> (rows, logits, labels)`` through layers L..end, on the tail.
+        """``forward(values) -> (rows, logits, labels)`` through layers L..end, on the tail
+        (:func:`~horen.editors.codebook.training.tail_forward`).
 
         The first time (per editor) it is checked against the full model with the values
         ``check``; a model whose layers do not replay that way trains through the full model.
@@ -444,16 +309,7 @@ class CodebookEditor(SwappedLayerEditor):
             return self._full_forward(batch)
         with self.disabled():  # the prefix as inference sees it: no value before the last token
             tail = self.suffix.tail(batch, self.tokenizer.pad_token_id or 0)
-
-        def forward(values, sel=None):
-            """Logits at the target positions (only those of ``sel``, a mask over them)."""
-            if values is None:
-                return tail.rows, None, tail.labels
-            r, c = (tail.rows, tail.cols) if sel is None else (tail.rows[sel], tail.cols[sel])
-            with self.layer.prompt(PromptContext(tail.prompt_mask, forced_values=values)):
-                logits = self.suffix.logits(tail.captured, r, c)
-            return tail.rows, logits, tail.labels
-
+        forward = tail_forward(self.suffix, self.layer, tail)
         if self._tail_ok is None and check is not None:
             with torch.no_grad():
                 fast, slow = forward(check)[1], self._full_forward(batch)(check)[1]
@@ -515,16 +371,3 @@ class CodebookEditor(SwappedLayerEditor):
         """The codebook row each prompt is routed to (-1 = no match)."""
         return self.match(self.queries(prompts))
 
-
-def end_weights(rows: torch.Tensor, n_end: int, weight: float, n_rows: int) -> torch.Tensor:
-    """Per target token (``rows``: its batch row, row-major as ``nonzero`` gives them), its
-    weight in the loss: ``weight`` for each row's last ``n_end`` tokens (the answer end
-    :func:`horen.text.make_batch` appends), 1 for the others."""
-    out = torch.ones(len(rows), device=rows.device)
-    if not n_end or weight == 1:
-        return out
-    count = torch.zeros(n_rows, dtype=torch.long, device=rows.device).index_add_(
-        0, rows, torch.ones_like(rows))
-    last = count.cumsum(0)[rows] - 1  # index of the row's last token
-    from_end = last - torch.arange(len(rows), device=rows.device)
-    return torch.where(from_end < n_end, weight, out)

@@ -28,7 +28,7 @@ import logging
 
 import torch
 
-from .base import register
+from ..base import register
 from .locate import Request
 from .memit import MEMIT, MEMITConfig
 

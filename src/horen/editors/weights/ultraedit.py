@@ -39,12 +39,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..data.record import EditRecord
-from ..models import architecture, get_module
-from ..text import make_batch
-from .base import register
+from ...data.record import EditRecord
+from ...models import architecture, get_module
+from ...text import make_batch
+from ..base import register
+from .editor import WeightConfig, WeightEditor
 from .locate import depth_layer, n_layers
-from .weights import WeightConfig, WeightEditor
 
 
 @dataclasses.dataclass

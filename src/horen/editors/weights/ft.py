@@ -25,12 +25,12 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..data.record import EditRecord
-from ..suffix import Suffix
-from ..text import encode_pair, make_batch
-from .base import register
+from ...data.record import EditRecord
+from ...suffix import Suffix
+from ...text import encode_pair, make_batch
+from ..base import register
+from .editor import WeightConfig, WeightEditor
 from .locate import depth_layer, n_layers
-from .weights import WeightConfig, WeightEditor
 
 
 @dataclasses.dataclass

@@ -24,8 +24,8 @@ import dataclasses
 
 import torch
 
-from ..data.record import EditRecord
-from .base import register
+from ...data.record import EditRecord
+from ..base import register
 from .locate import LocateConfig, LocateEditor, depth_layer, make_request, n_layers
 
 

@@ -35,13 +35,13 @@ import math
 
 import torch
 
-from ..codebook import NO_MATCH, normalize, route_anchored
-from ..layer import PromptContext
-from ..models import get_module
-from ..stats import CORPORA, packed_sequences, traced_batch
-from ..subject import infer_subject, subject_tokens
-from ..text import encode_prompt, format_prompt
-from .base import register
+from ...codebook import NO_MATCH, normalize, route_anchored
+from ...layer import PromptContext
+from ...models import get_module
+from ...stats import CORPORA, packed_sequences, traced_batch
+from ...subject import infer_subject, subject_tokens
+from ...text import encode_prompt, format_prompt
+from ..base import register
 from .horen import HoReN, HoReNConfig
 
 

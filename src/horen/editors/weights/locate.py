@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data.record import EditRecord
-from ..models import architecture, edit_site, get_module
-from ..stats import CORPORA, Trace, layer_stats
-from ..suffix import Suffix
-from ..text import Batch, format_prompt, make_batch
-from .weights import WeightConfig, WeightEditor
+from ...data.record import EditRecord
+from ...models import architecture, edit_site, get_module
+from ...stats import CORPORA, Trace, layer_stats
+from ...suffix import Suffix
+from ...text import Batch, format_prompt, make_batch
+from .editor import WeightConfig, WeightEditor
 
 EARLY_STOP_LOSS = 5e-2  # ROME/MEMIT compute_v: stop once the total loss is below this
 KL_PROMPT = "{} is a"

@@ -20,10 +20,10 @@ import dataclasses
 
 import torch
 
-from ..codebook import last_token, route_euclid
-from ..layer import PromptContext
-from .base import register
-from .wrapper import CodebookEditor, TrainConfig
+from ...codebook import last_token, route_euclid
+from ...layer import PromptContext
+from ..base import register
+from .editor import CodebookEditor, TrainConfig
 
 
 @dataclasses.dataclass

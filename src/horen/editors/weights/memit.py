@@ -28,9 +28,9 @@ import time
 
 import torch
 
-from ..data.record import EditRecord
-from ..models import edit_site
-from .base import register
+from ...data.record import EditRecord
+from ...models import edit_site
+from ..base import register
 from .locate import LocateConfig, LocateEditor, Request, depth_layer, make_request, n_layers
 
 WINDOW = 5

@@ -39,8 +39,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..malloc import release_large_blocks
-from .base import Editor, EditorConfig
+from ...malloc import release_large_blocks
+from ..base import Editor, EditorConfig
 
 # settings that change what is kept for rollback, never the edited weights (report labels skip them)
 ROLLBACK_SETTINGS = ("strict_rollback", "rollback_window")

@@ -44,15 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.record import EditRecord
-from ..layer import PromptContext, WrapperLayer
-from ..models import get_module, set_module
-from ..stats import corpus_texts
-from ..suffix import Suffix
-from ..text import make_batch
-from .base import EditorConfig, register
-from .locate import cat_batches
-from .wrapper import SwappedLayerEditor
+from ...data.record import EditRecord
+from ...layer import PromptContext, WrapperLayer
+from ...models import get_module, set_module
+from ...stats import corpus_texts
+from ...suffix import Suffix
+from ...text import make_batch
+from ..base import EditorConfig, register
+from ..swapped import SwappedLayerEditor
+from ..weights.locate import cat_batches
 
 TEMPLATE_STARTS = ("I", "You", "Because", "Yes", "Q: ")
 FALLBACK_LOC = ("The river flows through the old town.", "Paris is the capital of France.",

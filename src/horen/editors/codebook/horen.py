@@ -20,12 +20,12 @@ import dataclasses
 
 import torch
 
-from ..codebook import NO_MATCH, normalize, pool, refine, route_cosine
-from ..index import ExactRouter, FaissRouter
-from ..layer import PromptContext
-from ..models import routing_defaults
-from .base import register
-from .wrapper import CodebookEditor, TrainConfig
+from ...codebook import NO_MATCH, normalize, pool, refine, route_cosine
+from ...index import ExactRouter, FaissRouter
+from ...layer import PromptContext
+from ...models import routing_defaults
+from ..base import register
+from .editor import CodebookEditor, TrainConfig
 
 EXACT_ROUTER_MIN = 2048  # codebook size from which the chunked exact router pays off
 
