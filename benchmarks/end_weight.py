@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -49,9 +51,7 @@ def main() -> None:
     records = load_dataset(args.dataset, n=n).records
     picked = [records[i] for i in looped + others]
     model, tok = horen.load_model()
-    out = {"command": "python benchmarks/end_weight.py " + " ".join(
-               f"--{k} {v!r}" if k != "setting" else " ".join(f"--setting {s!r}" for s in v)
-               for k, v in vars(args).items()),
+    out = {"command": "python " + shlex.join(sys.argv),
            "threads": args.threads, "machine": f"{platform.machine()}, "
            f"{torch.get_num_threads()} threads", "looped_records": looped,
            "other_records": others, "settings": {}}

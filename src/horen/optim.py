@@ -12,7 +12,7 @@ sufficient decrease, f(v + t p) <= f(v) + 1e-4 t g·p, and enough curvature, g(v
 0.9 g·p (weak Wolfe: it doubles t while the slope stays steep, halves it past a point without
 decrease). All rows' trial points are evaluated in one pass; a row whose search is done waits.
 A pair with s·y <= 0 is not stored. The first step of a row has no history: its length is
-1 / |g|_1, torch's L-BFGS rule.
+1 / |g|_1, torch's L-BFGS rule, unless ``first_step`` sets it.
 """
 
 from __future__ import annotations

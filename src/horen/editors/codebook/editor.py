@@ -6,7 +6,8 @@ A :class:`CodebookEditor` owns a :class:`~horen.codebook.Codebook`, swaps a
 1. tokenize ``prompt + " " + target`` (:func:`horen.text.make_batch`);
 2. run the layers below L once (:meth:`horen.suffix.Suffix.capture`) and read W's input;
 3. ``query`` it (method-specific), ``write`` the codebook (method-specific: the update cases);
-4. train that entry's value with Adam on the target's cross-entropy, running only layers
+4. train that entry's value (L-BFGS or Adam, ``optimizer``) on the target's cross-entropy
+   (the end token weighted, ``end_weight``), running only layers
    L..end on the captured activations, the LM head only at the target positions
    (:mod:`horen.editors.codebook.training`).
 
@@ -42,7 +43,9 @@ class TrainConfig(EditorConfig):
                   "Adam's first, lr * sqrt(value size))"},
     )
     max_steps: int = dataclasses.field(
-        default=200, metadata={"help": "Adam steps per edit, at most (the paper: 50)"}
+        default=200,
+        metadata={"help": "Adam steps (L-BFGS: loss evaluations) per edit, at most (the paper: "
+                  "50 Adam steps)"},
     )
     early_stop: bool = dataclasses.field(
         default=True,
