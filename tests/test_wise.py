@@ -146,4 +146,4 @@ def test_every_registered_method_is_covered_by_a_shared_tester():
 
     import horen
 
-    assert set(horen.METHODS) == set(CODEBOOK_METHODS) | set(METHODS) | {"wise", "memoir", "unedited"}
+    assert set(horen.METHODS) == set(CODEBOOK_METHODS) | set(METHODS) | {"wise", "memoir", "repair", "unedited"}

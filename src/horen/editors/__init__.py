@@ -1,7 +1,7 @@
 """Editing methods, registered by name in :data:`METHODS`.
 
 Editors that keep the base model frozen live in :mod:`.codebook` (HoReN, horen-entity, GRACE
-and the ablations) and :mod:`.memory` (WISE, MEMOIR); editors that rewrite the weights in
+and the ablations) and :mod:`.memory` (WISE, MEMOIR, REPAIR); editors that rewrite the weights in
 :mod:`.weights` (ROME, MEMIT, AlphaEdit, FT-L/FT-M, UltraEdit).
 """
 
@@ -10,6 +10,7 @@ from .codebook.entity import EntityConfig, EntityHoReN
 from .codebook.grace import GRACE, GRACEConfig
 from .codebook.horen import GraceNorm, HoReN, HoReNConfig, HoReNMultiStep, HoReNUnnormalized
 from .memory.memoir import MEMOIR, MEMOIRConfig
+from .memory.repair import REPAIR, REPAIRConfig
 from .memory.wise import WISE, WISEConfig
 from .unedited import Unedited
 from .weights.alphaedit import AlphaEdit, AlphaEditConfig
@@ -25,6 +26,7 @@ __all__ = [
     "MEMIT",
     "MEMOIR",
     "METHODS",
+    "REPAIR",
     "ROME",
     "WISE",
     "AlphaEdit",
@@ -43,6 +45,7 @@ __all__ = [
     "MEMITConfig",
     "MEMOIRConfig",
     "NotConvergedWarning",
+    "REPAIRConfig",
     "ROMEConfig",
     "UltraEdit",
     "UltraEditConfig",

@@ -3,8 +3,8 @@
 Every editing method is a subclass of :class:`Editor` registered with :func:`register`; the
 registry :data:`METHODS` is the single list of methods the CLI, the config loader and the
 benchmark read. Two families share the contract: editors that keep the base model frozen and
-swap a layer in place of W (HoReN and GRACE in :mod:`horen.editors.codebook`, WISE and MEMOIR
-in :mod:`horen.editors.memory`), and the weight-rewriting editors of
+swap a layer in place of W (HoReN and GRACE in :mod:`horen.editors.codebook`, WISE, MEMOIR
+and REPAIR in :mod:`horen.editors.memory`), and the weight-rewriting editors of
 :mod:`horen.editors.weights`, which save their deltas the same way.
 
 Adding a method: subclass :class:`Editor`, give it a ``method`` name and a ``config_class``

@@ -139,7 +139,7 @@ class WISELayer(WrapperLayer):
         self.train_delta: torch.Tensor | None = None  # (B, T) ‖φ(W'a) − φ(Wa)‖ of that pass
 
     def extra_repr(self) -> str:
-        return f"method=wise, memories={len(self.editor.memories)}"
+        return f"method={self.editor.method}, memories={len(self.editor.memories)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -286,7 +286,7 @@ class WISE(SwappedLayerEditor):
                 delta = (self.layer.train_delta * prompt_w).sum(1) / prompt_w.sum(1).clamp_min(1)
                 d_in, d_out = delta[:m], delta[m:]
                 act = mean_pos(d_out - d_in + gamma) + mean_pos(d_out - alpha) + mean_pos(beta - d_in)
-                loss = ce + act
+                loss = ce + act + self.extra_loss(logits)
                 if prev is not None and abs(loss.item() - prev) <= 1e-4 and loss.item() <= 0.02:
                     break
                 prev = loss.item()
@@ -305,6 +305,12 @@ class WISE(SwappedLayerEditor):
         return {"steps": step, "loss": round(loss.item(), 5), "ce": round(ce.item(), 5),
                 "act_in": round(d_in.mean().item(), 4), "act_out": round(d_out.mean().item(), 4),
                 "_act_in": d_in.mean().item()}
+
+    def extra_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """A term added to the loss at every training step, given the answer-token logits
+        ``(N, vocab)`` of the in-scope rows under the current W_v′: zero here (REPAIR adds its
+        distillation term, :mod:`.repair`)."""
+        return logits.new_zeros(())
 
     def _apply(self, record: EditRecord) -> dict:
         cfg = self.config
