@@ -29,6 +29,7 @@ from .editors import (
     HoReNUnnormalized,
     NotConvergedWarning,
     UltraEdit,
+    UnKE,
     get_method,
 )
 from .editset import open_edit_set
@@ -55,6 +56,7 @@ __all__ = [
     "HoReNUnnormalized",
     "NotConvergedWarning",
     "UltraEdit",
+    "UnKE",
     "get_method",
     "load_model",
     "open_edit_set",
