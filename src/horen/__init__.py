@@ -30,6 +30,7 @@ from .editors import (
     HoReNUnnormalized,
     NotConvergedWarning,
     UltraEdit,
+    UnKE,
     get_method,
 )
 from .editset import open_edit_set
@@ -57,6 +58,7 @@ __all__ = [
     "HoReNUnnormalized",
     "NotConvergedWarning",
     "UltraEdit",
+    "UnKE",
     "get_method",
     "load_model",
     "open_edit_set",

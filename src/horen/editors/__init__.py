@@ -2,7 +2,7 @@
 
 Editors that keep the base model frozen live in :mod:`.codebook` (HoReN, horen-entity, GRACE
 and the ablations) and :mod:`.memory` (WISE, MEMOIR, REPAIR); editors that rewrite the weights in
-:mod:`.weights` (ROME, MEMIT, AlphaEdit, FT-L/FT-M, UltraEdit).
+:mod:`.weights` (ROME, MEMIT, AlphaEdit, FT-L/FT-M, UltraEdit, UnKE).
 """
 
 from .base import METHODS, Editor, EditorConfig, NotConvergedWarning, get_method, register
@@ -18,6 +18,7 @@ from .weights.ft import FTL, FTM, FTConfig
 from .weights.memit import MEMIT, MEMITConfig
 from .weights.rome import ROME, ROMEConfig
 from .weights.ultraedit import UltraEdit, UltraEditConfig
+from .weights.unke import UnKE, UnKEConfig
 
 __all__ = [
     "FTL",
@@ -49,6 +50,8 @@ __all__ = [
     "ROMEConfig",
     "UltraEdit",
     "UltraEditConfig",
+    "UnKE",
+    "UnKEConfig",
     "Unedited",
     "WISEConfig",
     "get_method",

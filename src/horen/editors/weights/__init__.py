@@ -2,5 +2,6 @@
 
 :mod:`.editor` keeps every edit's delta for rollback by replay (:class:`~.editor.WeightEditor`);
 :mod:`.locate` holds ROME/MEMIT/AlphaEdit's shared keys and v* optimization; :mod:`.rome`,
-:mod:`.memit`, :mod:`.alphaedit`, :mod:`.ft` (FT-L, FT-M) and :mod:`.ultraedit` the methods.
+:mod:`.memit`, :mod:`.alphaedit`, :mod:`.ft` (FT-L, FT-M), :mod:`.ultraedit` and :mod:`.unke`
+the methods.
 """
