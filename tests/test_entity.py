@@ -127,6 +127,59 @@ def test_save_load_and_rollback_keep_the_anchors(family, tmp_path):
     again.close()
 
 
+def test_only_question_prompts_get_the_question_gate_by_default(family, tmp_path):
+    """Relation and entity gates wide open (no background). question_gate='questions': an
+    entry written from a statement has no question gate, so a question about its subject
+    reaches it; 'all' gates it too. (Entries written from questions: the test above.)
+    Saved per entry."""
+    statement = "Zorblat Industries is led by"
+    for gate, want in (("questions", [0, 0]), ("all", [0, -1])):
+        model, tok = build(family)
+        ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=-1.0, question_tau=0.999,
+                         question_gate=gate, background_tokens=0, max_steps=1)
+        ed.edit(statement, T1, subject=S1)
+        assert ed.gated == {0: gate == "all"}
+        assert ed.routes([statement, P1]).tolist() == want, gate
+        ed.save(tmp_path / gate)
+        ed.close()
+        again = horen.Editor.load(model, tok, tmp_path / gate)
+        assert again.gated == {0: gate == "all"}
+        assert again.routes([statement, P1]).tolist() == want
+        again.close()
+
+
+def test_an_edit_set_saved_before_the_question_gate_rule_keeps_its_routing(tmp_path):
+    """A set saved before ``question_gate`` existed (no key in its config, no per-entry flags)
+    loads with the behaviour it had: question_tau as recorded, the gate on every entry; one
+    that recorded no question_tau at all had none."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model, tok = build("llama")
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=-1.0, question_tau=0.999,
+                     question_gate="all", max_steps=1)
+    ed.edit("Zorblat Industries is led by", T1, subject=S1)
+    want = ed.routes(["Zorblat Industries is led by", P1]).tolist()
+    assert want == [0, -1]
+    ed.save(tmp_path / "e")
+    ed.close()
+    meta_path = tmp_path / "e" / "edit_config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["question_gate"]
+    meta_path.write_text(json.dumps(meta))
+    tensors = load_file(tmp_path / "e" / "edits.safetensors")
+    del tensors["question_gated"]
+    save_file(tensors, tmp_path / "e" / "edits.safetensors")
+    again = horen.Editor.load(model, tok, tmp_path / "e")
+    assert again.config.question_gate == "all" and again.gated == {0: True}
+    assert again.routes(["Zorblat Industries is led by", P1]).tolist() == want
+    again.close()
+    config = EntityHoReN.config_class.from_dict({})
+    assert config.question_tau is None and config.question_gate == "all"
+    assert horen.HoReN.config_class.from_dict({}).optimizer == "adam"
+
+
 def test_question_keys_are_saved_and_required_when_the_gate_is_on(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -182,6 +235,11 @@ def test_entity_calibration_writes_and_routes_as_the_editor_does():
                          locality_prompt=P2, locality_answer="x", subject=S1),
         horen.EditRecord("What is the capital of Veltria?", "Osk", rephrases=[P2],
                          locality_prompt=P3, locality_answer="x", subject=S2),
+        # a statement: no question gate under the default rule (question_gate="questions")
+        horen.EditRecord("The mother tongue of Danielle Darrieux is", "Osk",
+                         rephrases=["What is the mother tongue of Danielle Darrieux?"],
+                         locality_prompt="Danielle Darrieux was born in", locality_answer="x",
+                         subject="Danielle Darrieux"),
     ]
     rows, best = sweep_entity(lambda layer: EntityHoReN(model, tok, anchor_layer=layer), records,
                               [0, 1], taus=[-1.0, 0.999], anchor_taus=[-1.0, 0.7],
@@ -198,12 +256,12 @@ def test_entity_calibration_writes_and_routes_as_the_editor_does():
             ed.apply(r)
         routed = ed.routes([r.prompt for r in records]).tolist()
         labels = [ed.codebook.labels[i] if i >= 0 else None for i in routed]
-        assert row.rel == sum(a == r.target for a, r in zip(labels, records)) / 2
+        assert row.rel == sum(a == r.target for a, r in zip(labels, records)) / 3
         assert row.entries == len(ed.codebook)
         loc = ed.routes([r.locality_prompt for r in records]).tolist()
-        assert row.loc == sum(i == -1 for i in loc) / 2
+        assert row.loc == sum(i == -1 for i in loc) / 3
         same = ed.routes([t.format(s=r.subject) for r in records for t in SAME_SUBJECT])
-        assert row.same == (same == -1).float().mean().item()
+        assert row.same == pytest.approx((same == -1).double().mean().item())
         ed.close()
 
 
@@ -290,7 +348,7 @@ def test_an_anchor_found_in_the_background_needs_more_to_match():
     anchor_tau."""
     para = "Who is in charge of Zorblat Industries?"
     model, tok = build("llama")
-    kwargs = {"tau": -1.0, "anchor_tau": 0.5, "max_steps": 1}
+    kwargs = {"tau": -1.0, "anchor_tau": 0.5, "max_steps": 1, "question_tau": None}
     plain = EntityHoReN(model, tok, **kwargs)
     plain.edit(P1, T1, subject=S1)
     anchor, background = plain.anchors[0], plain.background()

@@ -183,7 +183,9 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question
     gates of :func:`horen.codebook.route_anchored`), one entry per new edit with its
     subject's anchor and question key; rel/gen/loc are then routing rates on the final
     codebook, as in :func:`sweep`, and ``same`` the rate for :data:`SAME_SUBJECT` prompts of
-    every record with a subject. ``editor_for(layer)`` builds the editor for one anchor layer.
+    every record with a subject. The question gate applies to the entries the editor's
+    ``question_gate`` rule gives it (:meth:`~horen.editors.codebook.entity.EntityHoReN.asks`).
+    ``editor_for(layer)`` builds the editor for one anchor layer.
     """
     prompts = [r.prompt for r in records]
     probes = [(p, r.target) for r in records for p in r.rephrases[:1]]
@@ -209,6 +211,7 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question
                 at = int(masks[i][:first].sum())
                 subjects.append(tokens[i][at : at + last - first + 1])
             background = [editor.background_scores(a) for a in subjects]
+            gated = torch.tensor([editor.asks(p) for p in prompts])  # the question_gate rule
         finally:
             editor.close()
         groups = {"probes": range(n, n + m), "locs": range(n + m, n + m + k),
@@ -217,15 +220,18 @@ def sweep_entity(editor_for, records, anchor_layers, taus, anchor_taus, question
             rates = _simulate_entity(
                 pooled, tokens, questions, subjects, background, [r.target for r in records],
                 [t for _, t in probes], groups,
-                {"tau": tau, "anchor_tau": anchor_tau, "question_tau": question_tau}, hop)
+                {"tau": tau, "anchor_tau": anchor_tau, "question_tau": question_tau}, hop, gated)
             rows.append(EntityRow(layer, tau, anchor_tau, question_tau, *rates))
     best = max(rows, key=lambda r: (0 if math.isnan(r.op) else r.op, r.tau, r.anchor_tau))
     return rows, best
 
 
 def _simulate_entity(pooled, tokens, questions, subjects, background, labels, probe_labels,
-                     groups, gates, hop):
+                     groups, gates, hop, gated):
     n = len(labels)
+    question_tau = gates["question_tau"]
+    if question_tau is not None:  # per record: its entry's question threshold, -inf = no gate
+        question_tau = torch.where(gated, question_tau, -math.inf)
     keys = pooled.new_zeros(0, pooled.shape[1])
     width, d = max(len(s) for s in subjects), subjects[0].shape[-1]
     anchors, mask = pooled.new_zeros(n, width, d), torch.zeros(n, width, dtype=torch.bool)
@@ -239,7 +245,8 @@ def _simulate_entity(pooled, tokens, questions, subjects, background, labels, pr
             pooled[idx], [tokens[i] for i in idx], keys, anchors[:k], gates["tau"],
             floors[:k].clamp(min=gates["anchor_tau"]), anchor_mask=mask[:k],
             questions=questions[idx],
-            question_keys=questions[rows], question_tau=gates["question_tau"], **hop,
+            question_keys=questions[rows],
+            question_tau=None if question_tau is None else question_tau[rows], **hop,
         ).tolist()
 
     for i in range(n):

@@ -170,7 +170,8 @@ def _calibrate_entity(args) -> int:
         layers = [probe.anchor_layer]
         probe.close()
     rows, best = sweep_entity(editor_for, records, layers, args.taus or (0.5, 0.6, 0.7, 0.775),
-                              args.anchor_taus or DEFAULT_ANCHOR_TAUS, args.question_taus or [None])
+                              args.anchor_taus or DEFAULT_ANCHOR_TAUS,
+                              args.question_taus or [None, cls.config_class().question_tau])
     print(format_entity_table(rows, best))
     print(f"\nchosen: anchor_layer={best.anchor_layer} tau={best.tau} anchor_tau={best.anchor_tau} "
           f"question_tau={best.question_tau} anchor_tokens={args.anchor_tokens} "
@@ -287,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-layers", type=int, nargs="+", help="horen-entity anchor layers")
     p.add_argument("--anchor-taus", type=float, nargs="+", help="horen-entity anchor thresholds")
     p.add_argument("--question-taus", type=_tau_or_off, nargs="+",
-                   help="horen-entity question-gate thresholds, 'off' = no gate (default: off)")
+                   help="horen-entity question-gate thresholds, 'off' = no gate (default: off "
+                   "and the method's default); entries get the gate by the question_gate rule")
     p.add_argument("--anchor-tokens", default="last", choices=["last", "all"],
                    help="horen-entity anchors: the subject's last token, or all its tokens")
     p.add_argument("--background-tokens", type=int, default=None,

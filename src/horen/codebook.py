@@ -125,7 +125,7 @@ def route_anchored(
     anchor_mask: torch.Tensor | None = None,
     questions: torch.Tensor | None = None,
     question_keys: torch.Tensor | None = None,
-    question_tau: float | None = None,
+    question_tau: float | torch.Tensor | None = None,
     **hopfield,
 ) -> torch.Tensor:
     """horen-entity: the relation, entity and question gates (:mod:`horen.editors.codebook.entity`).
@@ -140,7 +140,8 @@ def route_anchored(
             one per anchor (:meth:`horen.editors.codebook.entity.EntityHoReN.anchor_thresholds`).
         questions, question_keys, question_tau: the optional question gate, ``(B, d_q)``
             unit queries and ``(K, d_q)`` unit keys (the edit site's input at the last prompt
-            token): an entry also needs cosine ``> question_tau`` there. None: no such gate.
+            token): an entry also needs cosine ``> question_tau`` there (one threshold, or
+            ``(K,)`` one per entry, -inf for an entry without the gate). None: no such gate.
 
     Returns:
         ``(B,)`` rows: among the entries with relation score ``> tau`` whose every anchor
@@ -167,7 +168,8 @@ def route_anchored(
         margin = (found - thresholds[cand]).masked_fill(~anchor_mask[cand], math.inf)
         cand = cand[margin.min(dim=1).values > 0]
         if len(cand) and question_tau is not None:
-            cand = cand[question_keys[cand] @ questions[b] > question_tau]
+            limit = question_tau[cand] if torch.is_tensor(question_tau) else question_tau
+            cand = cand[question_keys[cand] @ questions[b] > limit]
         if len(cand):
             out[b] = cand[scores[b, cand].argmax()]
     return out

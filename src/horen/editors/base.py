@@ -95,11 +95,18 @@ class EditorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EditorConfig:
+        """The config a saved edit set recorded. A setting it lacks was added after it was
+        written, so it keeps the behaviour it had then (:meth:`before_settings`), not today's
+        default; keys this version does not know are dropped with a warning."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for f in dataclasses.fields(cls):
+            if f.name not in data and "before" in f.metadata:
+                kwargs[f.name] = f.metadata["before"]
+        return cls(**kwargs)
 
     @classmethod
     def before_settings(cls) -> dict:

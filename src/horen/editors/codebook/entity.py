@@ -16,11 +16,14 @@ A query matches entry i only if BOTH gates pass:
   ``theta_i = max(anchor_tau, c_i)`` and c_i is the anchor's ``background_rank``-th best
   cosine with ``background_tokens`` tokens of ordinary text: a name whose last token reads
   like many words must be matched more closely than a rare one;
-* the question gate (when ``question_tau`` is set): the edit site's input at the query's
-  last prompt token, where the value is added, has cosine ``> question_tau`` with the
-  edit prompt's own (``q_i``). It tells apart prompts about the same subject asked in another
-  form ('The taxon rank of X is' after editing 'Which family does X belong to?'), which the
-  pooled key, dominated by the subject's tokens, does not (``docs/entity-routing.md``).
+* the question gate (entries whose edit prompt is a question, ``question_gate``): the edit
+  site's input at the query's last prompt token, where the value is added, has cosine
+  ``> question_tau`` with the edit prompt's own (``q_i``). It tells apart prompts about the
+  same subject asked in another form ('The taxon rank of X is' after editing 'Which family
+  does X belong to?'), which the pooled key, dominated by the subject's tokens, does not.
+  A statement to complete ('The mother tongue of X is') gets no such gate: its paraphrases
+  may open with another sentence, which moves the last token's state
+  (``docs/entity-routing.md``).
 
 Among the entries passing both, the best relation score wins. Values are trained and added
 exactly as HoReN's (the last prompt token of layer L). The subject comes from the record
@@ -51,11 +54,13 @@ class EntityConfig(HoReNConfig):
     anchor_tau 0.9 as the floor of the background threshold) were chosen on the embedded model
     by ``horen calibrate --method horen-entity`` on held-out ZsRE and CounterFact records, at
     600 and 1000 entries (``results/calibration/entity_background_*``): the best worst-case
-    routing OP of the two; calibrate them for another model. The question
-    gate is off by default: the same sweep with it (``entity_question_*``) shows it keeps other
-    relations of a subject out on ZsRE (same-subject rate 0.25 -> 0.68 at 0.8) but rejects
-    most CounterFact paraphrases (gen 0.52 -> 0.06), whose prompts open with an unrelated
-    sentence; turn it on (0.8) where prompts are plain questions."""
+    routing OP of the two; calibrate them for another model. The question gate (0.8, ZsRE's
+    best in the same sweep, ``entity_question_zsre_*``) keeps other relations of a subject out
+    on ZsRE (same-subject rate 0.25 -> 0.68) but rejects most CounterFact paraphrases (gen
+    0.52 -> 0.06, ``entity_question_counterfact_*``), whose prompts open with an unrelated
+    sentence; so by default only entries whose edit prompt is a question get it
+    (``question_gate="questions"``): every ZsRE, WikiBigEdit and KnowEdit prompt, no
+    CounterFact one."""
 
     tau: float | None = dataclasses.field(
         default=0.65, metadata={"help": "relation gate: cosine of the pooled keys; None = HoReN's"}
@@ -69,9 +74,14 @@ class EntityConfig(HoReNConfig):
                   "(raised per anchor by the background)"},
     )
     question_tau: float | None = dataclasses.field(
-        default=None,
+        default=0.8,
         metadata={"help": "question gate: cosine at the last prompt token; None = no gate "
-                          "(0.8 for question-form prompts: results/calibration/entity_question_*)"},
+                          "(0.8: results/calibration/entity_question_zsre_*)", "before": None},
+    )
+    question_gate: str = dataclasses.field(
+        default="questions",
+        metadata={"help": "which entries get the question gate: 'questions' (edit prompts "
+                  "that end with '?'), 'all'", "before": "all"},
     )
     anchor_tokens: str = dataclasses.field(
         default="last",
@@ -101,6 +111,8 @@ class EntityConfig(HoReNConfig):
                 raise ValueError(f"{name} is a cosine threshold in [-1, 1], not {value}")
         if not self.normalize:
             raise ValueError("horen-entity needs normalized keys")
+        if self.question_gate not in ("questions", "all"):
+            raise ValueError(f"question_gate must be 'questions' or 'all', not {self.question_gate!r}")
         if self.anchor_tokens not in ("last", "all"):
             raise ValueError(f"anchor_tokens must be 'last' or 'all', not {self.anchor_tokens!r}")
         if self.background_tokens < 0 or self.background_rank < 1:
@@ -115,21 +127,24 @@ class Query:
     """What one batch of prompts routes with: ``pooled`` ``(B, d_ff)`` relation queries,
     ``tokens`` ``(B, T, d_a)`` normalized anchor-layer activations with ``mask`` ``(B, T)``,
     ``question`` ``(B, d_ff)`` the normalized edit-site input at the last prompt token, and
-    (writes only) ``subject``: per prompt, the ``(J, d_a)`` anchors of its subject."""
+    (writes only) ``subject``: per prompt, the ``(J, d_a)`` anchors of its subject, and
+    ``gated``: per prompt, whether its entry gets the question gate."""
 
     pooled: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
     question: torch.Tensor
     subject: list[torch.Tensor] | None = None
+    gated: list[bool] | None = None
 
     def __getitem__(self, i) -> Query:
         if i is None:
             return self
         pick = slice(i, i + 1)
         subject = None if self.subject is None else self.subject[pick]
+        gated = None if self.gated is None else self.gated[pick]
         return Query(self.pooled[pick], self.tokens[pick], self.mask[pick],
-                     self.question[pick], subject)
+                     self.question[pick], subject, gated)
 
 
 @register
@@ -160,9 +175,11 @@ class EntityHoReN(HoReN):
         self.anchor_scores: dict[int, torch.Tensor] = {}  # entry id -> (J,) background cosine
         self._background: torch.Tensor | None = None
         self.questions: dict[int, torch.Tensor] = {}  # entry id -> (d_ff,) question key
+        self.gated: dict[int, bool] = {}  # entry id -> has the question gate
         self._matrix: tuple = ([], *_padded([]), _padded([])[0])
         self._questions: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, 0))
         self._subject_pos: list[tuple[int, int]] | None = None
+        self._gated: list[bool] | None = None
 
     def _read_anchor_acts(self, _module, args, _out) -> None:
         self._acts = args[0].detach()
@@ -178,10 +195,11 @@ class EntityHoReN(HoReN):
         tokens = normalize(self._acts[:, :width].float())
         at = ctx.last.clamp(max=acts.shape[1] - 1)
         question = normalize(acts[torch.arange(len(acts)), at].float())
-        subject = None
+        subject = gated = None
         if self._subject_pos is not None:
             subject = [t[first : last + 1] for t, (first, last) in zip(tokens, self._subject_pos)]
-        return Query(pooled, tokens, ctx.pooled[:, :width].bool(), question, subject)
+            gated = self._gated
+        return Query(pooled, tokens, ctx.pooled[:, :width].bool(), question, subject, gated)
 
     def anchor_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(K, J, d_a)`` anchors in codebook row order, zero-padded, and their ``(K, J)``
@@ -265,13 +283,20 @@ class EntityHoReN(HoReN):
             self._questions = (list(ids), matrix)
         return matrix
 
+    def question_thresholds(self) -> torch.Tensor:
+        """``(K,)`` each entry's question-gate threshold in codebook row order:
+        ``question_tau`` where the entry has the gate, -inf where it has none."""
+        gated = torch.tensor([self.gated.get(i, True) for i in self.codebook.ids], dtype=torch.bool)
+        return torch.where(gated, self.config.question_tau, -math.inf)
+
     def match(self, q: Query) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
         tokens = [t[m] for t, m in zip(q.tokens, q.mask)]
         anchors, mask = self.anchor_matrix()
         gate = {}
         if cfg.question_tau is not None and len(keys):
-            gate = {"questions": q.question.to(keys.device), "question_tau": cfg.question_tau,
+            gate = {"questions": q.question.to(keys.device),
+                    "question_tau": self.question_thresholds().to(keys.device),
                     "question_keys": self.question_matrix().to(keys.device)}
         return route_anchored(
             q.pooled, tokens, keys, anchors.to(keys.device), self.tau,
@@ -295,12 +320,18 @@ class EntityHoReN(HoReN):
             out.append((first + shift, last + shift))
         return out
 
+    def asks(self, prompt: str) -> bool:
+        """Whether an entry written for ``prompt`` gets the question gate (``question_gate``:
+        every entry, or those whose edit prompt is a question, ending with '?')."""
+        return self.config.question_gate == "all" or prompt.rstrip().endswith("?")
+
     def _apply_batch(self, records) -> list[dict]:
         self._subject_pos = self.subject_positions(records)
+        self._gated = [self.asks(r.prompt) for r in records]
         try:
             return super()._apply_batch(records)
         finally:
-            self._subject_pos = None
+            self._subject_pos = self._gated = None
 
     def write(self, q: Query, target: str) -> tuple[int, dict]:
         cb = self.codebook
@@ -314,6 +345,7 @@ class EntityHoReN(HoReN):
         self.anchors[cb.ids[row]] = q.subject[0].to(cb.device)
         self.anchor_scores[cb.ids[row]] = scores
         self.questions[cb.ids[row]] = q.question[0].to(cb.device)
+        self.gated[cb.ids[row]] = q.gated[0]
         return row, {"case": case, "entry": cb.ids[row], "touches": [cb.ids[row]]}
 
     # ---- state -----------------------------------------------------------------------------
@@ -323,6 +355,7 @@ class EntityHoReN(HoReN):
         self.anchors = {i: a for i, a in self.anchors.items() if i in live}
         self.anchor_scores = {i: a for i, a in self.anchor_scores.items() if i in live}
         self.questions = {i: a for i, a in self.questions.items() if i in live}
+        self.gated = {i: g for i, g in self.gated.items() if i in live}
 
     def _state(self):
         state, tensors = super()._state()
@@ -330,11 +363,14 @@ class EntityHoReN(HoReN):
             tensors["anchors"], tensors["anchor_mask"] = self.anchor_matrix()
             tensors["anchor_background"] = self._matrix[3][..., 0].contiguous()
             tensors["questions"] = self.question_matrix()
+            tensors["question_gated"] = torch.tensor(
+                [self.gated.get(i, True) for i in self.codebook.ids], dtype=torch.uint8)
         return state, tensors
 
     def _load_state(self, state, tensors):
         anchors, mask = tensors.pop("anchors", None), tensors.pop("anchor_mask", None)
         questions = tensors.pop("questions", None)
+        gated = tensors.pop("question_gated", None)  # absent: saved when every entry had it
         scores = tensors.pop("anchor_background", None)
         super()._load_state(state, tensors)
         ids = self.codebook.ids
@@ -350,6 +386,8 @@ class EntityHoReN(HoReN):
             raise ValueError("this edit set has question_tau set but no question keys: "
                              "its edits.safetensors is incomplete")
         self.questions = {} if questions is None else dict(zip(ids, questions))
+        self.gated = {i: True for i in ids} if gated is None else {
+            i: bool(g) for i, g in zip(ids, gated.tolist())}
 
 
 def _appended(cached: list[int], ids: list[int]) -> list[int] | None:
