@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from horen.optim import rowwise_lbfgs
@@ -54,3 +55,49 @@ def test_first_step_sets_the_first_trial_length():
     rowwise_lbfgs(x0, losses, max_evals=2, stop_loss=0.0)
     g = -2 * target
     assert torch.allclose(seen[1] - x0, -g / g.abs().sum())
+
+
+def test_a_steep_step_is_followed_by_one_expand_times_longer():
+    """Far from the minimum along -g the decrease holds and the slope stays steep: the trial
+    lengths grow by ``expand`` (1, 2, 4 ... or 1, 5, 25 ...), and a larger factor reaches a
+    distant minimum in fewer evaluations."""
+    x0 = torch.zeros(1, 4, dtype=torch.float64)
+    target = torch.full((4,), 100.0, dtype=torch.float64)
+    seen = []
+
+    def losses(x, rows=None):
+        seen.append(x.detach().clone())
+        return ((x - target) ** 2).sum(1)
+
+    counts = {}
+    for expand in (2.0, 5.0):
+        seen.clear()
+        _, st = rowwise_lbfgs(x0, losses, max_evals=50, stop_loss=1e-6, first_step=1.0,
+                              expand=expand)
+        lengths = [float((p - x0).norm()) for p in seen[1:4]]
+        assert lengths == pytest.approx([1.0, expand, expand**2])
+        assert st["best"][0] < 1e-6
+        counts[expand] = int(st["evals"][0])
+    assert counts[5.0] < counts[2.0]
+
+
+def test_the_codebook_editors_pass_their_lbfgs_settings(monkeypatch):
+    from conftest import build
+
+    from horen import HoReN
+    from horen.editors.codebook import training
+
+    seen = {}
+    real = training.rowwise_lbfgs
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "rowwise_lbfgs", spy)
+    model, tok = build("llama")
+    ed = HoReN(model, tok, lr=0.5, lbfgs_first=3.0, lbfgs_expand=4.0, max_steps=3)
+    ed.edit("Who leads Zorblat Industries?", "Mira Quell")
+    width = ed.codebook.values.shape[-1]
+    assert seen["first_step"] == pytest.approx(3.0 * 0.5 * width**0.5)
+    assert seen["expand"] == 4.0

@@ -9,8 +9,8 @@ is still one batched pass (the LM head read once for all rows).
 Per row: the two-loop recursion gives the direction p = -H g from the last ``history`` pairs
 (s, y) with H0 = (s·y / y·y) I; a bisection line search from t = 1 finds a step with
 sufficient decrease, f(v + t p) <= f(v) + 1e-4 t g·p, and enough curvature, g(v + t p)·p >=
-0.9 g·p (weak Wolfe: it doubles t while the slope stays steep, halves it past a point without
-decrease). All rows' trial points are evaluated in one pass; a row whose search is done waits.
+0.9 g·p (weak Wolfe: it multiplies t by ``expand`` while the slope stays steep, bisects past a
+point without decrease). All rows' trial points are evaluated in one pass; a row whose search is done waits.
 A pair with s·y <= 0 is not stored. The first step of a row has no history: its length is
 1 / |g|_1, torch's L-BFGS rule, unless ``first_step`` sets it.
 """
@@ -32,6 +32,7 @@ def rowwise_lbfgs(
     stop_loss: float,
     history: int = 10,
     first_step: float | None = None,
+    expand: float = 2.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Minimize each row's loss from ``x0`` ``(B, ...)``.
 
@@ -43,6 +44,8 @@ def rowwise_lbfgs(
         history: (s, y) pairs kept per row.
         first_step: length of a row's first trial step along -g (while it has no history);
             None: torch's rule, 1 / |g|_1.
+        expand: a trial step that satisfies the decrease but still descends steeply is
+            followed by one this many times longer (until one is too long; then bisection).
 
     Returns:
         ``(best_x, stats)``: each row's best point seen, and ``stats`` with per-row tensors
@@ -94,7 +97,7 @@ def rowwise_lbfgs(
             waiting &= ~done
             if not waiting.any() or int(evals[waiting].max()) >= max_evals:
                 break
-            t = torch.where(torch.isinf(hi), 2 * lo, (lo + hi) / 2)
+            t = torch.where(torch.isinf(hi), expand * lo, (lo + hi) / 2)
         stalled = active & ~found  # no acceptable step: this row is done
         moved = active & ~stalled
         s, y = new_x - x, new_g - g

@@ -123,9 +123,11 @@ def train_lbfgs(init: torch.Tensor, row_losses, cfg):
     The first step is as long as Adam's first at ``lr`` (every element moved by lr):
     torch's rule, 1 / |g|_1, starts some 1000x shorter on a 576-wide value and spends
     a third of an edit's evaluations doubling its way out (demo facts + 16 synthetic, chat:
-    35.3 evaluations per edit against 26.6)."""
-    first = cfg.lr * init[0].numel() ** 0.5
-    values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss, first_step=first)
+    35.3 evaluations per edit against 26.6); ``lbfgs_first`` scales it, ``lbfgs_expand`` is
+    the line search's growth factor."""
+    first = cfg.lbfgs_first * cfg.lr * init[0].numel() ** 0.5
+    values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss, first_step=first,
+                               expand=cfg.lbfgs_expand)
     return values, row_stats(st["evals"], st["start"], st["best"], cfg.converge_loss)
 
 
