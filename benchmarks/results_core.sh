@@ -149,10 +149,11 @@ if step relation_keys; then  # issue 26: which key separates paraphrases from sa
     --threads 2 --out results/relation_keys_counterfact_offset5000_n300.json
 fi
 if step entity; then  # horen-entity (issue 26) on the hard-neighbour data, then ZsRE
+  # (the question gate is on by default since 1a45a4a; the KnowEdit run with it on every entry
+  # is results/horen-entity__knowedit__...__set-cdd64245.json)
   bench --method horen-entity --dataset counterfact --n 1000 --checkpoints 1,10,100,1000
   bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806
   bench --method horen --dataset knowedit --checkpoints 1,10,100,806
-  bench --method horen-entity --dataset knowedit --checkpoints 1,10,100,806 --set question_tau=0.8
   bench --method horen-entity --dataset wikibigedit --n 1000 --checkpoints 1,10,100,1000
   bench --method horen-entity --dataset zsre --n 1000 --checkpoints 1,10,100,1000
 fi
