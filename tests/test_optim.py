@@ -96,8 +96,9 @@ def test_the_codebook_editors_pass_their_lbfgs_settings(monkeypatch):
 
     monkeypatch.setattr(training, "rowwise_lbfgs", spy)
     model, tok = build("llama")
-    ed = HoReN(model, tok, lr=0.5, lbfgs_first=3.0, lbfgs_expand=4.0, max_steps=3)
+    ed = HoReN(model, tok, lr=0.5, lbfgs_first=3.0, lbfgs_expand=4.0, lbfgs_history=7,
+               max_steps=3)
     ed.edit("Who leads Zorblat Industries?", "Mira Quell")
     width = ed.codebook.values.shape[-1]
     assert seen["first_step"] == pytest.approx(3.0 * 0.5 * width**0.5)
-    assert seen["expand"] == 4.0
+    assert seen["expand"] == 4.0 and seen["history"] == 7

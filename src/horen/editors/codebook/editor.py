@@ -78,6 +78,9 @@ class TrainConfig(EditorConfig):
         metadata={"help": "L-BFGS line search: a step that still descends steeply is tried "
                   "this many times longer"},
     )
+    lbfgs_history: int = dataclasses.field(
+        default=10, metadata={"help": "L-BFGS: curvature pairs kept per edit"}
+    )
     value: str = dataclasses.field(default="direct", metadata={"help": "'direct' or 'lora'"})
     lora_rank: int = dataclasses.field(default=4, metadata={"help": "rank of LoRA values"})
     truncate: bool = dataclasses.field(
@@ -126,8 +129,8 @@ class TrainConfig(EditorConfig):
             raise ValueError(f"end_weight must be > 0, not {self.end_weight}")
         if self.value_l2 < 0:
             raise ValueError(f"value_l2 must be >= 0, not {self.value_l2}")
-        if self.lbfgs_first <= 0 or self.lbfgs_expand <= 1:
-            raise ValueError("lbfgs_first must be > 0 and lbfgs_expand > 1")
+        if self.lbfgs_first <= 0 or self.lbfgs_expand <= 1 or self.lbfgs_history < 1:
+            raise ValueError("lbfgs_first must be > 0, lbfgs_expand > 1, lbfgs_history >= 1")
         if self.lr <= 0 or self.max_steps < 1 or self.patience < 1:
             raise ValueError("lr must be > 0, max_steps and patience >= 1")
 

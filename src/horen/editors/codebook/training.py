@@ -127,7 +127,7 @@ def train_lbfgs(init: torch.Tensor, row_losses, cfg):
     the line search's growth factor."""
     first = cfg.lbfgs_first * cfg.lr * init[0].numel() ** 0.5
     values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss, first_step=first,
-                               expand=cfg.lbfgs_expand)
+                               expand=cfg.lbfgs_expand, history=cfg.lbfgs_history)
     return values, row_stats(st["evals"], st["start"], st["best"], cfg.converge_loss)
 
 
