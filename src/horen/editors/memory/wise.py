@@ -147,7 +147,7 @@ class WISELayer(WrapperLayer):
         if self.train_side is not None:
             side = ed.linear(x, self.train_side)
             self.train_delta = (ed.act(side) - ed.act(out)).norm(dim=-1)
-            return side
+            return side.clone()  # Falcon adds to the MLP output in place; train_delta needs side
         candidates = ed.candidates() if self.enabled else []
         if not candidates:
             return out
