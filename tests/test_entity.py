@@ -386,3 +386,18 @@ def test_an_edit_whose_background_cannot_be_read_writes_nothing(monkeypatch):
     ed.edit(P1, T1, subject=S1)  # the editor goes on once the text can be read
     assert ed.routes([P1]).tolist() == [0]
     ed.close()
+
+
+def test_gated_rows_follow_the_codebook_through_removal_and_saves_without_the_gate(tmp_path):
+    model, tok = build("llama")
+    ed = EntityHoReN(model, tok, tau=-1.0, anchor_tau=-1.0, question_tau=None, max_steps=1)
+    first = ed.edit("Zorblat Industries is led by", T1, subject=S1)
+    ed.edit(P2, "Osk", subject=S2)
+    assert ed.gated_rows().tolist() == [False, True]
+    ed.save(tmp_path / "e")  # no question gate in use: the flags are still saved
+    ed.remove(first)
+    assert ed.gated_rows().tolist() == [True]
+    ed.close()
+    again = horen.Editor.load(model, tok, tmp_path / "e")
+    assert again.gated_rows().tolist() == [False, True]
+    again.close()

@@ -178,6 +178,7 @@ class EntityHoReN(HoReN):
         self.gated: dict[int, bool] = {}  # entry id -> has the question gate
         self._matrix: tuple = ([], *_padded([]), _padded([])[0])
         self._questions: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, 0))
+        self._gated_rows: tuple[list[int], torch.Tensor] = ([], torch.zeros(0, dtype=torch.bool))
         self._subject_pos: list[tuple[int, int]] | None = None
         self._gated: list[bool] | None = None
 
@@ -283,11 +284,23 @@ class EntityHoReN(HoReN):
             self._questions = (list(ids), matrix)
         return matrix
 
+    def gated_rows(self) -> torch.Tensor:
+        """``(K,)`` bool: which entries have the question gate, in codebook row order (cached
+        like the anchors: a query does not walk the entries)."""
+        ids = self.codebook.ids
+        cached, gated = self._gated_rows
+        if cached != ids:
+            added = _appended(cached, ids)
+            more = torch.tensor([self.gated.get(i, True) for i in (ids if added is None else added)],
+                                dtype=torch.bool)
+            gated = more if added is None else torch.cat([gated, more])
+            self._gated_rows = (list(ids), gated)
+        return gated
+
     def question_thresholds(self) -> torch.Tensor:
         """``(K,)`` each entry's question-gate threshold in codebook row order:
         ``question_tau`` where the entry has the gate, -inf where it has none."""
-        gated = torch.tensor([self.gated.get(i, True) for i in self.codebook.ids], dtype=torch.bool)
-        return torch.where(gated, self.config.question_tau, -math.inf)
+        return torch.where(self.gated_rows(), self.config.question_tau, -math.inf)
 
     def match(self, q: Query) -> torch.Tensor:
         cfg, keys = self.config, self.codebook.keys
@@ -363,8 +376,7 @@ class EntityHoReN(HoReN):
             tensors["anchors"], tensors["anchor_mask"] = self.anchor_matrix()
             tensors["anchor_background"] = self._matrix[3][..., 0].contiguous()
             tensors["questions"] = self.question_matrix()
-            tensors["question_gated"] = torch.tensor(
-                [self.gated.get(i, True) for i in self.codebook.ids], dtype=torch.uint8)
+            tensors["question_gated"] = self.gated_rows().to(torch.uint8)
         return state, tensors
 
     def _load_state(self, state, tensors):
