@@ -275,6 +275,18 @@ def test_a_plateau_above_converge_loss_goes_on_with_a_smaller_step(decay, monkey
         HoReN(model, tok, plateau_decay=1.0)
 
 
+def test_a_plateau_with_a_norm_term_resets_rows_without_breaking_backward(monkeypatch):
+    """value_l2 saves the value for its backward; a plateau's reset of a row before that
+    backward raised autograd's in-place error (found in issue 30's probes)."""
+    model, tok = build("llama")
+    ed = HoReN(model, tok, optimizer="adam", lr=1.0, patience=1, max_steps=100,
+               plateau_decay=0.5, value_l2=1e-4, end_weight=1.0, stop_loss=1e-3,
+               converge_loss=5e-2)
+    monkeypatch.setattr(ed, "_tail_forward", _bowl)
+    values, stats = ed.train_value(torch.zeros(2, 4), batch=None, truncated=True)
+    assert [s["converged"] for s in stats] == [True, True] and stats[0]["steps"] > 3
+
+
 def test_lbfgs_trains_each_row_to_its_own_minimum_and_stops_finished_rows(monkeypatch):
     """L-BFGS on the bowl: both rows converge; the row that starts near the optimum finishes
     first and is not moved after (its steps stop counting); a bad name is refused."""

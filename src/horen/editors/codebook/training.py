@@ -58,8 +58,8 @@ def train_values(init: torch.Tensor, forward, cfg, n_end: int):
         token_loss = F.cross_entropy(logits, wanted, reduction="none")
         token_loss = token_loss * (weight if sel is None else weight[sel])
         loss = torch.zeros(n_b, device=labels.device).index_add(0, picked, token_loss) / count
-        if cfg.value_l2:
-            loss = loss + cfg.value_l2 * value.reshape(n_b, -1).pow(2).mean(1).to(loss)
+        if cfg.value_l2:  # on a copy: a plateau may reset rows of `value` before backward
+            loss = loss + cfg.value_l2 * value.reshape(n_b, -1).clone().pow(2).mean(1).to(loss)
         return loss
 
     if cfg.optimizer == "lbfgs":
