@@ -140,6 +140,17 @@ if step convergence; then  # issue 30: edits above loss 0.1 on the synthetic str
     --setting steps400_decay='{"max_steps": 400, "plateau_decay": 0.5}' \
     --out results/convergence/synthetic_n200.json
 fi
+if step lbfgs; then  # issue 28: L-BFGS line-search settings, evaluations per single edit
+  # (counts, not times: they do not depend on the machine's load), then the candidate's
+  # quality on ZsRE N = 1000 beside the defaults' committed run
+  .venv/bin/python benchmarks/lbfgs_evals.py --n 24 --threads 2 --setting base='{}' \
+    --setting first3='{"lbfgs_first": 3}' --setting expand4='{"lbfgs_expand": 4}' \
+    --setting first4_expand3='{"lbfgs_first": 4, "lbfgs_expand": 3}' \
+    --setting first4_expand3_hist20='{"lbfgs_first": 4, "lbfgs_expand": 3, "lbfgs_history": 20}' \
+    --out results/convergence/lbfgs_evals.json
+  bench --method horen --dataset zsre --n 1000 --checkpoints 1,10,100,1000 \
+    --set lbfgs_first=4 --set lbfgs_expand=3
+fi
 if step relation_keys; then  # issue 26: which key separates paraphrases from same-subject prompts
   .venv/bin/python benchmarks/relation_keys.py --dataset knowedit --n 806 --threads 2 \
     --out results/relation_keys_knowedit_n806.json
