@@ -4,7 +4,9 @@ Random unit keys (d_ff wide) and anchors, queries that are noisy copies of store
 tokens holding a noisy copy of the entry's anchor among random ones; both routers are timed
 in this one process on the same data (median of ``--repeats``), so their ratio is what to
 read. ``plain`` is ``route_cosine(refine(q, K), K, tau)``; ``entity`` is
-``route_anchored`` (the same refine and scores, then the anchor check over the candidates).
+``route_anchored`` (the same refine and scores, then the anchor check over the candidates);
+``entity_question`` adds the question gate as horen-entity's defaults have it (a question key
+per entry, threshold 0.8 on half the entries and none on the others).
 
     python benchmarks/entity_routing_scale.py --threads 2 --out results/entity_routing_scale.json
 """
@@ -64,11 +66,23 @@ def main() -> None:
         def entity(q=q, keys=keys, anchors=anchors, tokens=tokens):
             return route_anchored(q, tokens, keys, anchors, 0.7, 0.8, **HOP)
 
-        same = bool(torch.equal(plain(), entity()))
+        questions = normalize(torch.randn(n, args.d, generator=gen))
+        asked = normalize(questions[pick] + 0.01 * torch.randn(args.batch, args.d, generator=gen))
+        limits = torch.where(torch.arange(n) % 2 == 0, 0.8, float("-inf"))
+
+        def entity_question(q=q, keys=keys, anchors=anchors, tokens=tokens, questions=questions,
+                            asked=asked, limits=limits):
+            return route_anchored(q, tokens, keys, anchors, 0.7, 0.8, questions=asked,
+                                  question_keys=questions, question_tau=limits, **HOP)
+
+        same = bool(torch.equal(plain(), entity())) and bool(torch.equal(plain(), entity_question()))
         t_plain, t_entity = timed(plain, args.repeats), timed(entity, args.repeats)
+        t_question = timed(entity_question, args.repeats)
         rows.append({"entries": n, "plain_ms_per_query": round(1e3 * t_plain / args.batch, 3),
                      "entity_ms_per_query": round(1e3 * t_entity / args.batch, 3),
-                     "ratio": round(t_entity / t_plain, 3), "same_rows": same})
+                     "entity_question_ms_per_query": round(1e3 * t_question / args.batch, 3),
+                     "ratio": round(t_entity / t_plain, 3),
+                     "ratio_question": round(t_question / t_plain, 3), "same_rows": same})
         print(json.dumps(rows[-1]))
     out = {"command": "python benchmarks/entity_routing_scale.py --threads "
            f"{args.threads} --out {args.out}", "threads": args.threads, "d": args.d,

@@ -151,6 +151,9 @@ if step lbfgs; then  # issue 28: L-BFGS line-search settings, evaluations per si
   bench --method horen --dataset zsre --n 1000 --checkpoints 1,10,100,1000 \
     --set lbfgs_first=4 --set lbfgs_expand=3
 fi
+if step entity_scale; then  # issue 26: horen-entity's routing time beside HoReN's at 10K / 100K
+  .venv/bin/python benchmarks/entity_routing_scale.py --threads 2 --out results/entity_routing_scale.json
+fi
 if step relation_keys; then  # issue 26: which key separates paraphrases from same-subject prompts
   .venv/bin/python benchmarks/relation_keys.py --dataset knowedit --n 806 --threads 2 \
     --out results/relation_keys_knowedit_n806.json
