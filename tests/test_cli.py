@@ -56,6 +56,16 @@ def test_bad_input_changes_nothing(model_dir, tmp_path, capsys):
     assert main(["edits", "remove", "7", "--edits", edits]) == 2
 
 
+def test_a_misspelt_setting_is_one_line_naming_the_known_ones(model_dir, tmp_path, capsys):
+    edits = tmp_path / "edits"
+    assert main(["edit", "--model", model_dir, "--edits", str(edits), "--prompt", P1,
+                 "--target", "Paris", "--set", "taux=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "taux" in err and "tau" in err.replace("taux", "") and "max_steps" in err
+    assert not edits.exists()  # nothing written
+
+
 def test_edit_from_file(model_dir, tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text(json.dumps({"prompt": P1, "target": "Paris"}) + "\n"

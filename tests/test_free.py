@@ -283,7 +283,7 @@ def test_a_plateau_with_a_norm_term_resets_rows_without_breaking_backward(monkey
                plateau_decay=0.5, value_l2=1e-4, end_weight=1.0, stop_loss=1e-3,
                converge_loss=5e-2)
     monkeypatch.setattr(ed, "_tail_forward", _bowl)
-    values, stats = ed.train_value(torch.zeros(2, 4), batch=None, truncated=True)
+    _, stats = ed.train_value(torch.zeros(2, 4), batch=None, truncated=True)
     assert [s["converged"] for s in stats] == [True, True] and stats[0]["steps"] > 3
 
 

@@ -52,6 +52,8 @@ def open_edit_set(
             )
     if meta is None:
         refuse_foreign(path)  # before the model loads: the save would refuse it anyway
+        cls = get_method(method or "horen")
+        cls.config_class().replaced(settings or {}, cls.method)  # a misspelt setting: now
     name = model or (meta["model"]["name"] if meta else None)
     loaded, tokenizer = load_model(name, device=device, dtype=dtype)
     if meta is not None:
