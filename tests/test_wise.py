@@ -133,6 +133,10 @@ def test_save_load_round_trip_and_cache_equality(tmp_path):
 def test_config_round_trips_and_validates():
     cfg = WISEConfig()
     assert WISEConfig.from_dict(cfg.to_dict()) == cfg
+    # a setting with a default factory (act_margin) that a saved config lacks: its default,
+    # in before_settings too (it read MISSING there, a spurious "changed" for older files)
+    assert WISEConfig.before_settings()["act_margin"] == cfg.act_margin
+    assert WISEConfig.from_dict({}) == cfg
     for f in WISEConfig.__dataclass_fields__.values():
         assert f.metadata.get("help"), f.name
     for bad in ({"templates": "x"}, {"act_margin": [1.0]}, {"save_freq": 3, "merge_freq": 4}):

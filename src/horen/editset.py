@@ -58,4 +58,4 @@ def open_edit_set(
     loaded, tokenizer = load_model(name, device=device, dtype=dtype)
     if meta is not None:
         return Editor.load(loaded, tokenizer, path)
-    return get_method(method or "horen")(loaded, tokenizer, **(settings or {}))
+    return cls(loaded, tokenizer, **(settings or {}))

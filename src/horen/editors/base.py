@@ -102,18 +102,22 @@ class EditorConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in data.items() if k in names}
-        for f in dataclasses.fields(cls):
-            if f.name not in data and "before" in f.metadata:
-                kwargs[f.name] = f.metadata["before"]
-        return cls(**kwargs)
+        before = cls.before_settings()
+        return cls(**{k: data[k] if k in data else before[k] for k in names})
 
     @classmethod
     def before_settings(cls) -> dict:
         """Each setting's value in a run recorded before the setting existed: its ``before``
         metadata where a setting changed behaviour when it was added (HoReN's ``optimizer``
         was Adam before the setting existed), else its default."""
-        return {f.name: f.metadata.get("before", f.default) for f in dataclasses.fields(cls)}
+
+        def default(f):
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return f.default
+
+        return {f.name: f.metadata["before"] if "before" in f.metadata else default(f)
+                for f in dataclasses.fields(cls)}
 
     def replaced(self, settings: dict, method: str) -> EditorConfig:
         """A copy with ``settings`` changed; an unknown one is a ValueError that lists the

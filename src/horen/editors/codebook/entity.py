@@ -272,30 +272,18 @@ class EntityHoReN(HoReN):
 
     def question_matrix(self) -> torch.Tensor:
         """``(K, d_ff)`` question keys in codebook row order (cached like the anchors)."""
-        ids = self.codebook.ids
-        cached, matrix = self._questions
-        if cached != ids:
-            added = _appended(cached, ids)
-            if added:
-                more = torch.stack([self.questions[i] for i in added])
-                matrix = torch.cat([matrix, more.to(matrix)])
-            else:
-                matrix = torch.stack([self.questions[i] for i in ids])
-            self._questions = (list(ids), matrix)
-        return matrix
+        self._questions = _in_row_order(
+            self._questions, self.codebook.ids,
+            lambda ids: torch.stack([self.questions[i] for i in ids]))
+        return self._questions[1]
 
     def gated_rows(self) -> torch.Tensor:
         """``(K,)`` bool: which entries have the question gate, in codebook row order (cached
         like the anchors: a query does not walk the entries)."""
-        ids = self.codebook.ids
-        cached, gated = self._gated_rows
-        if cached != ids:
-            added = _appended(cached, ids)
-            more = torch.tensor([self.gated.get(i, True) for i in (ids if added is None else added)],
-                                dtype=torch.bool)
-            gated = more if added is None else torch.cat([gated, more])
-            self._gated_rows = (list(ids), gated)
-        return gated
+        self._gated_rows = _in_row_order(
+            self._gated_rows, self.codebook.ids,
+            lambda ids: torch.tensor([self.gated.get(i, True) for i in ids], dtype=torch.bool))
+        return self._gated_rows[1]
 
     def question_thresholds(self) -> torch.Tensor:
         """``(K,)`` each entry's question-gate threshold in codebook row order:
@@ -408,6 +396,19 @@ def _appended(cached: list[int], ids: list[int]) -> list[int] | None:
     if cached and ids[: len(cached)] == cached:
         return ids[len(cached) :]
     return None
+
+
+def _in_row_order(cache: tuple[list[int], torch.Tensor], ids: list[int], build):
+    """A per-entry tensor kept in codebook row order: ``cache`` is ``(ids it was built for,
+    tensor)``; entries written since are appended (``build(new_ids)``), anything else (a
+    removal, nothing cached yet) rebuilds it from ``ids``. Returns the new cache."""
+    cached, rows = cache
+    if cached == ids:
+        return cache
+    added = _appended(cached, ids)
+    if added is None:
+        return list(ids), build(ids)
+    return list(ids), torch.cat([rows, build(added).to(rows)])
 
 
 def _padded(anchors: list[torch.Tensor], width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
