@@ -102,3 +102,21 @@ def test_the_codebook_editors_pass_their_lbfgs_settings(monkeypatch):
     width = ed.codebook.values.shape[-1]
     assert seen["first_step"] == pytest.approx(3.0 * 0.5 * width**0.5)
     assert seen["expand"] == 4.0 and seen["history"] == 7
+
+
+def test_a_trial_without_decrease_gets_no_backward_pass():
+    """A first step 100x too long fails the decrease test: its loss is evaluated, its gradient
+    is not (one fewer backward than evaluations), and the minimum is reached all the same."""
+    target = torch.arange(1.0, 5.0, dtype=torch.float64)
+    backward = []
+
+    def losses(x, rows=None):
+        x = x * 1.0
+        x.register_hook(lambda grad: backward.append(1))
+        return ((x - target) ** 2).sum(1)
+
+    x0 = torch.zeros(1, 4, dtype=torch.float64)
+    x, st = rowwise_lbfgs(x0, losses, max_evals=50, stop_loss=1e-12,
+                          first_step=100 * target.norm().item())
+    assert torch.allclose(x[0], target)
+    assert len(backward) < int(st["evals"][0])

@@ -11,7 +11,9 @@ Per row: the two-loop recursion gives the direction p = -H g from the last ``his
 sufficient decrease, f(v + t p) <= f(v) + 1e-4 t g·p, and enough curvature, g(v + t p)·p >=
 0.9 g·p (weak Wolfe: it multiplies t by ``expand`` while the slope stays steep, bisects past a
 point without decrease). All rows' trial points are evaluated in one pass; a row whose search is done waits.
-A pair with s·y <= 0 is not stored. The first step of a row has no history: its length is
+A trial point without sufficient decrease in any row gets no gradient (no backward pass:
+about half an evaluation saved; the curvature test is only asked of points that pass the
+decrease test). A pair with s·y <= 0 is not stored. The first step of a row has no history: its length is
 1 / |g|_1, torch's L-BFGS rule, unless ``first_step`` sets it.
 """
 
@@ -39,7 +41,7 @@ def rowwise_lbfgs(
     Args:
         losses: ``(x, rows) -> (B,)`` per-row losses, differentiable (row b depends on
             ``x[b]`` only); only the rows of the mask ``rows`` are needed (others may be 0).
-        max_evals: loss evaluations per row, at most (each one batched pass, with gradient).
+        max_evals: loss evaluations per row, at most (each one batched pass).
         stop_loss: a row stops once its loss is below this.
         history: (s, y) pairs kept per row.
         first_step: length of a row's first trial step along -g (while it has no history);
@@ -61,13 +63,20 @@ def rowwise_lbfgs(
     active = torch.ones(n_b, dtype=torch.bool)
 
     def evaluate(points: torch.Tensor, rows: torch.Tensor):
+        """Losses now (``(B,)`` on the CPU) and ``gradient()``, their gradient on demand: a
+        trial too long for sufficient decrease in every row skips the backward pass."""
         points = points.detach().requires_grad_(True)
         f = losses(points.view(shape), rows)
-        grad, = torch.autograd.grad(f[rows.to(f.device)].sum(), points)
         evals.add_(rows.long())
-        return f.detach().cpu(), grad.detach()
 
-    f, g = evaluate(x, active)
+        def gradient() -> torch.Tensor:
+            grad, = torch.autograd.grad(f[rows.to(f.device)].sum(), points)
+            return grad.detach()
+
+        return f.detach().cpu(), gradient
+
+    f, gradient = evaluate(x, active)
+    g = gradient()
     start, best, best_x = f.clone(), f.clone(), x.clone()
     active &= best >= stop_loss
     while active.any() and int(evals[active].max()) < max_evals:
@@ -86,8 +95,9 @@ def rowwise_lbfgs(
         found = torch.zeros(n_b, dtype=torch.bool)  # an Armijo point is in new_x
         for _ in range(MAX_TRIALS):
             trial = x + t.to(x)[:, None] * p
-            tf, tg = evaluate(torch.where(waiting.to(x.device)[:, None], trial, new_x), waiting)
+            tf, gradient = evaluate(torch.where(waiting.to(x.device)[:, None], trial, new_x), waiting)
             armijo = waiting & (tf <= f + ARMIJO * t * slope)
+            tg = gradient() if armijo.any() else torch.zeros_like(g)  # zeros: never read
             steep = (tg * p).sum(1).cpu() < WOLFE * slope  # still going down fast: go further
             new_x[armijo], new_f[armijo], new_g[armijo] = trial[armijo], tf[armijo], tg[armijo]
             found |= armijo
