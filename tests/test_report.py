@@ -145,6 +145,17 @@ def test_a_run_made_with_defaults_since_changed_says_so():
     older["editor"] = {"config": {k: v for k, v in now.items() if k not in ("optimizer",
                                                                               "end_weight")}}
     assert report._run_label(older) == "horen (defaults then: end_weight=1.0, optimizer=adam)"
+    # the L-BFGS settings are left out of an Adam run's label (they did nothing there)
+    adam = fake_result("horen")
+    adam["editor"] = {"config": {**now, "optimizer": "adam", "lbfgs_first": 1.0}}
+    assert report._run_label(adam) == "horen (defaults then: optimizer=adam)"
+    lbfgs = fake_result("horen")
+    lbfgs["editor"] = {"config": {**now, "lbfgs_first": 1.0, "lbfgs_expand": 2.0}}
+    assert report._run_label(lbfgs) == "horen (defaults then: lbfgs_expand=2.0, lbfgs_first=1.0)"
+    before_lbfgs = fake_result("horen")  # recorded before the L-BFGS settings existed
+    before_lbfgs["editor"] = {"config": {k: v for k, v in now.items() if not k.startswith("lbfgs")}}
+    assert report._run_label(before_lbfgs) == (
+        "horen (defaults then: lbfgs_expand=2.0, lbfgs_first=1.0)")
 
 
 def test_runs_are_ordered_by_the_numbers_in_their_settings(tmp_path):

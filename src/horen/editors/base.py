@@ -119,6 +119,12 @@ class EditorConfig:
         return {f.name: f.metadata["before"] if "before" in f.metadata else default(f)
                 for f in dataclasses.fields(cls)}
 
+    @classmethod
+    def inert_settings(cls, config: dict) -> set[str]:
+        """Settings that change nothing in a run with the recorded settings ``config`` (a
+        report leaves their changed defaults out of the run's label). None here."""
+        return set()
+
     def replaced(self, settings: dict, method: str) -> EditorConfig:
         """A copy with ``settings`` changed; an unknown one is a ValueError that lists the
         known settings of ``method`` (the one home of that check: the editors and the

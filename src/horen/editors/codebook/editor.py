@@ -114,6 +114,13 @@ class TrainConfig(EditorConfig):
         metadata={"help": "edits whose values train together in apply_many; None = 32 CPU, 64 GPU"},
     )
 
+    @classmethod
+    def inert_settings(cls, config: dict) -> set[str]:
+        """The L-BFGS settings when ``config`` trains with Adam: they change nothing there."""
+        if config.get("optimizer", cls.before_settings()["optimizer"]) == "lbfgs":
+            return set()
+        return {f.name for f in dataclasses.fields(cls) if f.name.startswith("lbfgs_")}
+
     def __post_init__(self) -> None:
         if self.value_init not in ("zero", "cold"):
             raise ValueError(f"value_init must be 'zero' or 'cold', not {self.value_init!r}")

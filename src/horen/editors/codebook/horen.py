@@ -52,6 +52,18 @@ class HoReNConfig(TrainConfig):
                   "paper's)",
                   "before": 1.0},
     )
+    lbfgs_first: float = dataclasses.field(
+        default=4.0,
+        metadata={"help": "L-BFGS: the first step's length in units of Adam's first at lr "
+                  "(lr * sqrt(value size)); 4 with lbfgs_expand 3: 18% fewer loss evaluations "
+                  "per single edit than 1 and 2 (results/convergence/lbfgs_evals.json)",
+                  "before": 1.0},
+    )
+    lbfgs_expand: float = dataclasses.field(
+        default=3.0,
+        metadata={"help": "L-BFGS line search: a step that still descends steeply is tried "
+                  "this many times longer", "before": 2.0},
+    )
     tau: float | None = dataclasses.field(
         default=None, metadata={"help": "cosine match threshold; None = model default"}
     )
