@@ -3,8 +3,9 @@
 Random unit keys (d_ff wide) and anchors, queries that are noisy copies of stored keys with
 tokens holding a noisy copy of the entry's anchor among random ones; both routers are timed
 in this one process on the same data (median of ``--repeats``), so their ratio is what to
-read. ``plain`` is ``route_cosine(refine(q, K), K, tau)``; ``entity`` is
-``route_anchored`` (the same refine and scores, then the anchor check over the candidates);
+read. ``plain`` is HoReN's router at this size (:class:`horen.index.ExactRouter`, the same
+decisions as ``route_cosine(refine(q, K), K, tau)``); ``entity`` is ``route_anchored`` (the
+refine and scores, then the anchor check over the candidates);
 ``entity_question`` adds the question gate as horen-entity's defaults have it (a question key
 per entry, threshold 0.8 on half the entries and none on the others).
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from horen.codebook import normalize, refine, route_anchored, route_cosine
+from horen.index import ExactRouter
 
 HOP = {"beta": 20.0, "alpha": 0.1, "steps": 1, "eps": 1e-5}
 
@@ -60,8 +62,12 @@ def main() -> None:
             t[args.tokens // 2] = normalize(anchors[pick[b]] + 0.01 * torch.randn(args.d, generator=gen))
             tokens.append(t)
 
-        def plain(q=q, keys=keys):
-            return route_cosine(refine(q, keys, **HOP), keys, 0.7)[0]
+        router = ExactRouter()
+
+        def plain(q=q, keys=keys, router=router):
+            return router.route(q, keys, 0.7, **HOP)[0]
+
+        naive = route_cosine(refine(q, keys, **HOP), keys, 0.7)[0]
 
         def entity(q=q, keys=keys, anchors=anchors, tokens=tokens):
             return route_anchored(q, tokens, keys, anchors, 0.7, 0.8, **HOP)
@@ -75,7 +81,7 @@ def main() -> None:
             return route_anchored(q, tokens, keys, anchors, 0.7, 0.8, questions=asked,
                                   question_keys=questions, question_tau=limits, **HOP)
 
-        same = bool(torch.equal(plain(), entity())) and bool(torch.equal(plain(), entity_question()))
+        same = all(torch.equal(naive, r) for r in (plain(), entity(), entity_question()))
         t_plain, t_entity = timed(plain, args.repeats), timed(entity, args.repeats)
         t_question = timed(entity_question, args.repeats)
         rows.append({"entries": n, "plain_ms_per_query": round(1e3 * t_plain / args.batch, 3),
