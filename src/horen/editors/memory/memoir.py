@@ -111,9 +111,11 @@ class MEMOIRConfig(EditorConfig):
                   "4096 of 14336"},
     )
     tau: float = dataclasses.field(
-        default=0.4,
+        default=0.5,
         metadata={"help": "mask-overlap threshold (irr_threshold): the residual is on when "
-                  "|m_q ∧ M_i| / top_k >= tau for the best stored mask"},
+                  "|m_q ∧ M_i| / top_k >= tau for the best stored mask; 0.5 (the authors' "
+                  "0.4 lets unrelated prompts in on this model): the held-out sweep, "
+                  "results/calibration/memoir_sweep/report.md"},
     )
     background_tokens: int = dataclasses.field(
         default=1600,
