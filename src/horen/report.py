@@ -187,7 +187,7 @@ def _older_defaults(r: dict) -> list[str]:
     now = {k: v for k, v in dataclasses.asdict(config_class()).items()
            if k not in overrides and k != "chat"}
     before = config_class.before_settings()  # settings newer than the run
-    inert = config_class.inert_settings(had)  # e.g. L-BFGS settings of an Adam run
+    inert = config_class.inert_settings({**before, **had})  # e.g. L-BFGS ones of an Adam run
     return [f"{k}={had.get(k, before[k])}" for k in changed_settings(had, now, before)
             if k not in inert]
 

@@ -121,8 +121,9 @@ class EditorConfig:
 
     @classmethod
     def inert_settings(cls, config: dict) -> set[str]:
-        """Settings that change nothing in a run with the recorded settings ``config`` (a
-        report leaves their changed defaults out of the run's label). None here."""
+        """Settings that change nothing in a run with the settings ``config`` (every setting,
+        those the run did not record at their :meth:`before_settings` value); a report
+        leaves their changed defaults out of the run's label. None here."""
         return set()
 
     def replaced(self, settings: dict, method: str) -> EditorConfig:

@@ -117,7 +117,7 @@ class TrainConfig(EditorConfig):
     @classmethod
     def inert_settings(cls, config: dict) -> set[str]:
         """The L-BFGS settings when ``config`` trains with Adam: they change nothing there."""
-        if config.get("optimizer", cls.before_settings()["optimizer"]) == "lbfgs":
+        if config["optimizer"] == "lbfgs":
             return set()
         return {f.name for f in dataclasses.fields(cls) if f.name.startswith("lbfgs_")}
 
