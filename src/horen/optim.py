@@ -10,11 +10,11 @@ Per row: the two-loop recursion gives the direction p = -H g from the last ``his
 (s, y) with H0 = (s·y / y·y) I; a bisection line search from t = 1 finds a step with
 sufficient decrease, f(v + t p) <= f(v) + 1e-4 t g·p, and enough curvature, g(v + t p)·p >=
 0.9 g·p (weak Wolfe: it multiplies t by ``expand`` while the slope stays steep, bisects past a
-point without decrease). All rows' trial points are evaluated in one pass; a row whose search is done waits.
-A trial point without sufficient decrease in any row gets no gradient (no backward pass:
-about half an evaluation saved; the curvature test is only asked of points that pass the
-decrease test). A pair with s·y <= 0 is not stored. The first step of a row has no history: its length is
-1 / |g|_1, torch's L-BFGS rule, unless ``first_step`` sets it.
+point without decrease). All rows' trial points are evaluated in one pass; a row whose
+search is done waits. A trial point without sufficient decrease in any row gets no gradient
+(no backward pass: about half an evaluation saved; the curvature test is only asked of points
+that pass the decrease test). A pair with s·y <= 0 is not stored. The first step of a row has
+no history: its length is 1 / |g|_1, torch's L-BFGS rule, unless ``first_step`` sets it.
 """
 
 from __future__ import annotations
