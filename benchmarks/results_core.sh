@@ -185,14 +185,16 @@ if step memoir_sweep; then  # issue 29: MEMOIR's mask size and threshold on held
   $H report results/calibration/memoir_sweep/*.json --out results/calibration/memoir_sweep --no-plots
 fi
 if step more_editors; then  # issue 29: MEMOIR, REPAIR and UnKE beside HoReN
-  for d in zsre counterfact; do  # MEMOIR keeps 1 MB per edit for rollback: the last 10 here
+  # ZsRE and the UnKE editor first, then CounterFact, then WikiBigEdit (MEMOIR ~70 min each);
+  # MEMOIR keeps 1 MB per edit for rollback: the last 10 here
+  for d in zsre counterfact; do
     bench --method memoir --dataset $d --n 1000 --checkpoints 1,10,100,1000 --save-every 100 \
       --set rollback_window=10
     bench --method repair --dataset $d --n 1000 --checkpoints 1,10,100,1000 --save-every 100
+    [ $d != zsre ] || bench --method unke --dataset unke --n 100
   done
   bench --method memoir --dataset wikibigedit --n 1000 --checkpoints 1,10,100,1000 \
     --save-every 100 --set rollback_window=10
-  bench --method unke --dataset unke --n 100
 fi
 # the tables and plots, README's results section included (REPORT=0 skips it: a queue of
 # steps regenerates once at the end, and no run starts with an edited README)
