@@ -24,6 +24,7 @@ from horen.editors.memory.memoir import (
     route_masks,
     tophash,
 )
+from horen.editors.memory.wise import WISE
 from horen.editors.weights.locate import depth_layer
 from horen.stats import Trace, packed_sequences
 from horen.text import make_batch
@@ -470,3 +471,18 @@ def test_horen_bench_runs_memoir(tmp_path):
     result = runner.run_bench(cfg, records, build("llama"))
     assert result["method"] == "memoir" and len(result["checkpoints"]) == 2
     assert "--method memoir" in result["command"]
+
+
+@pytest.mark.parametrize("method", [MEMOIR, WISE])
+def test_answer_end_auto_trains_the_answer_to_stop(method):
+    model, tok = build("llama")
+    settings = LANDS if method is MEMOIR else {"templates": "bare", "edit_lr": 10.0}
+    ed = method(model, tok, **settings, answer_end="auto")
+    assert ed.end_ids == [tok.eos_token_id]
+    ed.apply(R1)
+    batch = make_batch(tok, model, [R1.prompt], [R1.target])
+    after = edited_logits(ed, [R1.prompt + " " + R1.target])[0, batch.input_ids.shape[1] - 1]
+    assert int(after.argmax()) == tok.eos_token_id
+    assert method(*build("llama"), **settings).end_ids == []  # the authors': the answer only
+    with pytest.raises(ValueError, match="answer_end"):
+        method.config_class(answer_end="")

@@ -23,6 +23,8 @@ Frobenius norm ``max_grad_norm``, at most ``n_iter`` steps, stopping once the lo
 cross-entropy. ∇W_m = Σ_t g_t (a_t ⊙ m)ᵀ is zero outside m, so only the k columns of m
 learn; weight decay shrinks every column of W_m each step (the authors' code), or only m's
 (``decay_active_only``). The mask joins the stored list unless an identical one is there.
+The target is the answer's tokens only (the authors'); ``answer_end="auto"`` also trains the
+end-of-sequence (chat: end-of-turn) token after it, as HoReN does, so answers stop.
 
 **Inference** (:meth:`MEMOIR.route`): the query's mask m_q is compared with every stored mask
 M_i, r_i = |m_q ∧ M_i| / k; if the best r_i* ≥ ``tau`` the residual is on with the STORED
@@ -65,11 +67,11 @@ from ...layer import PromptContext, WrapperLayer
 from ...models import get_module, set_module
 from ...stats import CORPORA, Trace, packed_sequences, traced_batch
 from ...suffix import Suffix
-from ...text import make_batch
+from ...text import answer_end_ids, make_batch
 from ..base import EditorConfig, register
 from ..swapped import SwappedLayerEditor
 from ..weights.locate import depth_layer, n_layers
-from .wise import greedy_templates
+from .wise import ANSWER_END_HELP, greedy_templates
 
 BACKGROUND_SEQ_LEN = 16
 """Tokens per background sequence (BOS included): about a ZsRE prompt's length, the kind of
@@ -130,6 +132,8 @@ class MEMOIRConfig(EditorConfig):
     )
     templates: str = dataclasses.field(
         default="generated", metadata={"help": "'generated' (10 greedy prefixes) or 'bare'"})
+    answer_end: str = dataclasses.field(
+        default="none", metadata={"help": ANSWER_END_HELP})
     rollback_window: int | None = dataclasses.field(
         default=None,
         metadata={"help": "keep the rollback data (top_k x d_model floats an edit) of the last "
@@ -137,6 +141,8 @@ class MEMOIRConfig(EditorConfig):
     )
 
     def __post_init__(self) -> None:
+        if not self.answer_end:
+            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
         if self.edit_lr <= 0 or self.n_iter < 1 or self.max_grad_norm <= 0:
             raise ValueError("edit_lr and max_grad_norm must be > 0 and n_iter >= 1")
         if not 0 <= self.weight_decay * self.edit_lr < 1:
@@ -273,6 +279,7 @@ class MEMOIR(SwappedLayerEditor):
         self.layer = MEMOIRLayer(base, self)
         set_module(model, self.site.path, self.layer)
         self.suffix = Suffix(model, self.site)
+        self.end_ids = answer_end_ids(tokenizer, self.config.chat, self.config.answer_end)
 
     # ---- the residual --------------------------------------------------------------------------
     @property
@@ -376,7 +383,7 @@ class MEMOIR(SwappedLayerEditor):
         cfg, edit_id = self.config, self.next_edit_id
         prompts = [t.replace("{}", record.prompt) for t in self.context_templates()]
         batch = make_batch(self.tokenizer, self.model, prompts, [record.target] * len(prompts),
-                           cfg.chat).to(self.device)
+                           cfg.chat, self.end_ids).to(self.device)
         captured = self.suffix.capture(batch.input_ids, batch.attention_mask)
         acts = self.read_acts(captured)
         mask = self.mask_of(acts[:1], batch.pool_mask[:1])[0]  # row 0: the bare prompt

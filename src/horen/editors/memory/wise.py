@@ -16,8 +16,9 @@ shard's fixed Bernoulli(mask_ratio) mask, W_v′ clamped to W_v ± norm_constrai
     L = CE(target | in-scope rows) + mean⁺(Δ_out − Δ_in + γ) + mean⁺(Δ_out − α) + mean⁺(β − Δ_in)
 
 (mean⁺: the mean of the positive entries), stopped when the loss changes by ≤ 1e-4 and is
-≤ 0.02. The shard's threshold is the minimum in-scope Δ recorded at the last step of its
-edits. Every ``save_freq`` edits W_v′ is saved to memory and reset (a new mask); every
+≤ 0.02 (the target: the answer's tokens, and with ``answer_end="auto"`` the end-of-sequence
+token after them, as HoReN trains; EasyEdit: the answer only). The shard's threshold is the
+minimum in-scope Δ recorded at the last step of its edits. Every ``save_freq`` edits W_v′ is saved to memory and reset (a new mask); every
 ``merge_freq`` edits the last saved shards are TIES-merged (top-``densities`` magnitudes of
 each task vector, elected sign, disjoint mean) into one memory with the minimum threshold.
 
@@ -49,7 +50,7 @@ from ...layer import PromptContext, WrapperLayer
 from ...models import get_module, set_module
 from ...stats import corpus_texts
 from ...suffix import Suffix
-from ...text import make_batch
+from ...text import answer_end_ids, make_batch
 from ..base import EditorConfig, register
 from ..swapped import SwappedLayerEditor
 from ..weights.locate import cat_batches
@@ -57,6 +58,10 @@ from ..weights.locate import cat_batches
 TEMPLATE_STARTS = ("I", "You", "Because", "Yes", "Q: ")
 FALLBACK_LOC = ("The river flows through the old town.", "Paris is the capital of France.",
                 "A triangle has three sides.", "The museum opened in 1901.")
+ANSWER_END_HELP = (
+    "trained after each target: 'none' (the authors': only the target's tokens, so answers "
+    "run on after it), 'auto' (the end-of-sequence token; chat: the template's end-of-turn "
+    "token, as HoReN trains), or a stop string")
 
 
 @dataclasses.dataclass
@@ -78,10 +83,14 @@ class WISEConfig(EditorConfig):
         default=1.0, metadata={"help": "clamp W_v' to W_v +- this, elementwise"})
     templates: str = dataclasses.field(
         default="generated", metadata={"help": "'generated' (10 greedy prefixes) or 'bare'"})
+    answer_end: str = dataclasses.field(
+        default="none", metadata={"help": ANSWER_END_HELP})
 
     def __post_init__(self) -> None:
         if self.templates not in ("generated", "bare"):
             raise ValueError(f"templates must be 'generated' or 'bare', not {self.templates!r}")
+        if not self.answer_end:
+            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
         if len(self.act_margin) != 3 or self.edit_lr <= 0 or self.n_iter < 1:
             raise ValueError("act_margin needs 3 values; edit_lr > 0; n_iter >= 1")
         if not 0 < self.mask_ratio <= 1 or not 0 < self.densities <= 1:
@@ -198,6 +207,7 @@ class WISE(SwappedLayerEditor):
         self.memories: list[tuple[torch.Tensor, float]] = []  # saved (W', threshold)
         self.saved_ids: list[int] = []  # edits inside saved memories
         self.side = self.w0.clone()
+        self.end_ids = answer_end_ids(tokenizer, self.config.chat, self.config.answer_end)
         self.shard = 0
         self.mask = self._mask(0)
         self.shard_edits: list[tuple[int, EditRecord, float]] = []  # (id, record, in-scope Δ)
@@ -267,7 +277,7 @@ class WISE(SwappedLayerEditor):
         cfg, tok, chat = self.config, self.tokenizer, self.config.chat
         prompts = [t.replace("{}", record.prompt) for t in self.context_templates()]
         m = len(prompts)
-        edit = make_batch(tok, self.model, prompts, [record.target] * m, chat)
+        edit = make_batch(tok, self.model, prompts, [record.target] * m, chat, self.end_ids)
         loc = make_batch(tok, self.model, [self.loc_sentence(edit_id)], chat=chat)
         batch = cat_batches(edit, loc, tok.pad_token_id).to(self.device)
         prompt_w = torch.cat([batch.prompt_mask[:m], batch.attention_mask[m:]]).float()
