@@ -184,6 +184,16 @@ if step memoir_sweep; then  # issue 29: MEMOIR's mask size and threshold on held
   done
   $H report results/calibration/memoir_sweep/*.json --out results/calibration/memoir_sweep --no-plots
 fi
+if step memory_answer_end; then  # MEMOIR and REPAIR trained with and without the answer's end
+  # token, on the held-out ZsRE records of the MEMOIR sweep, every scorer
+  for m in "memoir --set rollback_window=10" repair; do
+    for e in none auto; do
+      $H bench --threads 2 --no-progress --resume --method $m --dataset zsre --n 50 \
+        --offset 3551 --checkpoints 50 --set answer_end=$e --out results/calibration/answer_end
+    done
+  done
+  $H report results/calibration/answer_end/*.json --out results/calibration/answer_end --no-plots
+fi
 if step more_editors; then  # issue 29: MEMOIR, REPAIR and UnKE beside HoReN
   # ZsRE and the UnKE editor first, then CounterFact, then WikiBigEdit (MEMOIR ~70 min each);
   # MEMOIR keeps 1 MB per edit for rollback: the last 10 here
