@@ -195,13 +195,13 @@ if step memory_answer_end; then  # MEMOIR and REPAIR trained with and without th
   $H report results/calibration/answer_end/*.json --out results/calibration/answer_end --no-plots
 fi
 if step more_editors; then  # issue 29: MEMOIR, REPAIR and UnKE beside HoReN
-  # ZsRE and the UnKE editor first, then CounterFact, then WikiBigEdit (MEMOIR ~70 min each);
+  # the short UnKE run first, then ZsRE, CounterFact and WikiBigEdit (MEMOIR ~75 min each);
   # MEMOIR keeps 1 MB per edit for rollback: the last 10 here
+  bench --method unke --dataset unke --n 100
   for d in zsre counterfact; do
     bench --method memoir --dataset $d --n 1000 --checkpoints 1,10,100,1000 --save-every 100 \
       --set rollback_window=10
     bench --method repair --dataset $d --n 1000 --checkpoints 1,10,100,1000 --save-every 100
-    [ $d != zsre ] || bench --method unke --dataset unke --n 100
   done
   bench --method memoir --dataset wikibigedit --n 1000 --checkpoints 1,10,100,1000 \
     --save-every 100 --set rollback_window=10
