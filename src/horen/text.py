@@ -110,6 +110,12 @@ def check_length(tokenizer, model, n_tokens: int, what: str) -> None:
         raise ValueError(f"{what} is {n_tokens} tokens, longer than the model's context ({limit})")
 
 
+def check_answer_end(setting: str) -> None:
+    """The one check of an ``answer_end`` setting (:func:`answer_end_ids`), for the configs."""
+    if not setting:
+        raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
+
+
 def answer_end_ids(tokenizer, chat: bool, setting: str = "auto") -> list[int]:
     """The tokens that end an answer, trained after each target so the model stops there.
 

@@ -27,7 +27,7 @@ from ...codebook import Codebook
 from ...layer import CodebookLayer, PromptContext, StopForward, WrapperLayer
 from ...models import get_module, set_module
 from ...suffix import Suffix
-from ...text import Batch, answer_end_ids, make_batch
+from ...text import Batch, answer_end_ids, check_answer_end, make_batch
 from ..base import EditorConfig, NotConvergedWarning
 from ..swapped import SwappedLayerEditor
 from .training import full_forward, tail_forward, train_values
@@ -128,8 +128,7 @@ class TrainConfig(EditorConfig):
             raise ValueError(f"optimizer must be 'adam' or 'lbfgs', not {self.optimizer!r}")
         if self.value not in ("direct", "lora"):
             raise ValueError(f"value must be 'direct' or 'lora', not {self.value!r}")
-        if not self.answer_end:
-            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
+        check_answer_end(self.answer_end)
         if not 0 <= self.plateau_decay < 1:
             raise ValueError(f"plateau_decay must be in [0, 1), not {self.plateau_decay}")
         if self.end_weight <= 0:

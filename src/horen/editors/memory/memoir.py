@@ -67,7 +67,7 @@ from ...layer import PromptContext, WrapperLayer
 from ...models import get_module, set_module
 from ...stats import CORPORA, Trace, packed_sequences, traced_batch
 from ...suffix import Suffix
-from ...text import answer_end_ids, make_batch
+from ...text import answer_end_ids, check_answer_end, make_batch
 from ..base import EditorConfig, register
 from ..swapped import SwappedLayerEditor
 from ..weights.locate import depth_layer, n_layers
@@ -141,8 +141,7 @@ class MEMOIRConfig(EditorConfig):
     )
 
     def __post_init__(self) -> None:
-        if not self.answer_end:
-            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
+        check_answer_end(self.answer_end)
         if self.edit_lr <= 0 or self.n_iter < 1 or self.max_grad_norm <= 0:
             raise ValueError("edit_lr and max_grad_norm must be > 0 and n_iter >= 1")
         if not 0 <= self.weight_decay * self.edit_lr < 1:

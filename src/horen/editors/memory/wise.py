@@ -18,9 +18,10 @@ shard's fixed Bernoulli(mask_ratio) mask, W_v′ clamped to W_v ± norm_constrai
 (mean⁺: the mean of the positive entries), stopped when the loss changes by ≤ 1e-4 and is
 ≤ 0.02 (the target: the answer's tokens, and with ``answer_end="auto"`` the end-of-sequence
 token after them, as HoReN trains; EasyEdit: the answer only). The shard's threshold is the
-minimum in-scope Δ recorded at the last step of its edits. Every ``save_freq`` edits W_v′ is saved to memory and reset (a new mask); every
-``merge_freq`` edits the last saved shards are TIES-merged (top-``densities`` magnitudes of
-each task vector, elected sign, disjoint mean) into one memory with the minimum threshold.
+minimum in-scope Δ recorded at the last step of its edits. Every ``save_freq`` edits W_v′ is
+saved to memory and reset (a new mask); every ``merge_freq`` edits the last saved shards are
+TIES-merged (top-``densities`` magnitudes of each task vector, elected sign, disjoint mean)
+into one memory with the minimum threshold.
 
 Routing (retrieve mode): the current side memory is used if Δ ≥ act_ratio·its threshold,
 else the original W_v; then each saved memory i replaces the choice if its Δ_i exceeds the
@@ -50,7 +51,7 @@ from ...layer import PromptContext, WrapperLayer
 from ...models import get_module, set_module
 from ...stats import corpus_texts
 from ...suffix import Suffix
-from ...text import answer_end_ids, make_batch
+from ...text import answer_end_ids, check_answer_end, make_batch
 from ..base import EditorConfig, register
 from ..swapped import SwappedLayerEditor
 from ..weights.locate import cat_batches
@@ -89,8 +90,7 @@ class WISEConfig(EditorConfig):
     def __post_init__(self) -> None:
         if self.templates not in ("generated", "bare"):
             raise ValueError(f"templates must be 'generated' or 'bare', not {self.templates!r}")
-        if not self.answer_end:
-            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
+        check_answer_end(self.answer_end)
         if len(self.act_margin) != 3 or self.edit_lr <= 0 or self.n_iter < 1:
             raise ValueError("act_margin needs 3 values; edit_lr > 0; n_iter >= 1")
         if not 0 < self.mask_ratio <= 1 or not 0 < self.densities <= 1:

@@ -66,7 +66,7 @@ from ...data.record import EditRecord
 from ...layer import StopForward
 from ...models import get_module
 from ...stats import CORPORA, corpus_texts
-from ...text import answer_end_ids, make_batch
+from ...text import answer_end_ids, check_answer_end, make_batch
 from ..base import register
 from .editor import WeightConfig, WeightEditor
 from .locate import depth_layer, n_layers
@@ -115,8 +115,7 @@ class UnKEConfig(WeightConfig):
             raise ValueError("v_weight_decay, weight_decay and n_preserve must be >= 0")
         if self.preserve_corpus not in CORPORA or self.preserve_tokens < 1:
             raise ValueError(f"preserve_corpus must be one of {CORPORA} and preserve_tokens >= 1")
-        if not self.answer_end:
-            raise ValueError("answer_end must be 'auto', 'none' or a non-empty stop string")
+        check_answer_end(self.answer_end)
 
 
 class BlockCall(NamedTuple):
