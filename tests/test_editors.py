@@ -102,7 +102,9 @@ def test_truncated_training_equals_full_forward(tiny):
     init = torch.zeros(3, ed.site.d_out)
     fast, s1 = ed.train_value(init, batch, truncated=True)
     slow, s2 = ed.train_value(init, batch, truncated=False)
-    assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
+    # float32 sums differ in order between the two paths and 8 L-BFGS steps carry that
+    # (3e-4 on an AMD EPYC, values ~1-6); a misaligned tail differs by whole units
+    assert torch.allclose(fast, slow, atol=1e-3, rtol=1e-3)
     for a, b in zip(s1, s2):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
 
@@ -339,7 +341,9 @@ def test_micro_batched_editing_equals_one_at_a_time(family, method, tau):
     for ed in batched:
         assert [(e["case"], e["entry"], e["touches"]) for e in ed.edits] == decisions
         assert torch.allclose(ed.codebook.keys, one.codebook.keys, atol=1e-5)  # padding: fp noise
-        assert torch.allclose(ed.codebook.values, one.codebook.values, atol=1e-4)
+        # batched and one-at-a-time float32 sums differ in order; L-BFGS carries it (1.6e-3
+        # on an AMD EPYC, values ~1-8); the decisions above are compared exactly
+        assert torch.allclose(ed.codebook.values, one.codebook.values, atol=5e-3)
         assert torch.allclose(ed.codebook.radii, one.codebook.radii, atol=1e-6)
         assert set(ed.undo) == set(one.undo)
 
