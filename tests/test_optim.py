@@ -97,11 +97,14 @@ def test_the_codebook_editors_pass_their_lbfgs_settings(monkeypatch):
     monkeypatch.setattr(training, "rowwise_lbfgs", spy)
     model, tok = build("llama")
     ed = HoReN(model, tok, lr=0.5, lbfgs_first=3.0, lbfgs_expand=4.0, lbfgs_history=7,
-               max_steps=3)
+               lbfgs_min_gain=0.03, lbfgs_window=9, max_steps=3)
     ed.edit("Who leads Zorblat Industries?", "Mira Quell")
     width = ed.codebook.values.shape[-1]
     assert seen["first_step"] == pytest.approx(3.0 * 0.5 * width**0.5)
     assert seen["expand"] == 4.0 and seen["history"] == 7
+    assert seen["min_gain"] == 0.03 and seen["window"] == 9
+    with pytest.raises(ValueError, match="lbfgs_min_gain"):
+        HoReN(model, tok, lbfgs_min_gain=1.0)
 
 
 def test_a_trial_without_decrease_gets_no_backward_pass():
@@ -120,3 +123,28 @@ def test_a_trial_without_decrease_gets_no_backward_pass():
                           first_step=100 * target.norm().item())
     assert torch.allclose(x[0], target)
     assert len(backward) < int(st["evals"][0])
+
+
+def test_min_gain_stops_a_row_that_gains_too_little_and_no_other():
+    """Row 0's loss creeps toward a floor it never reaches (1 + sum exp(-x)): without
+    ``min_gain`` it spends evaluations on the last digits; with it, it stops once a window of
+    evaluations gains under 1%, keeping a loss within 1% of the long run's. Row 1, a quadratic
+    solved in a few evaluations, runs exactly as it does without the rule."""
+    target = torch.arange(1.0, 5.0, dtype=torch.float64)
+
+    def losses(x, rows=None):
+        creep = 1 + torch.exp(-x[0]).sum()
+        bowl = ((x[1] - target) ** 2).sum()
+        return torch.stack([creep, bowl])
+
+    x0 = torch.zeros(2, 4, dtype=torch.float64)
+    x_all, full = rowwise_lbfgs(x0, losses, max_evals=300, stop_loss=1e-12)
+    x_cut, cut = rowwise_lbfgs(x0, losses, max_evals=300, stop_loss=1e-12, min_gain=0.01,
+                               window=5)
+    assert cut["slow"].tolist() == [True, False] and not full["slow"].any()
+    assert cut["evals"][0] < full["evals"][0] / 2
+    assert cut["best"][0] <= 1.01 * full["best"][0]
+    assert torch.equal(x_cut[1], x_all[1]) and cut["evals"][1] == full["evals"][1]
+    trace = cut["trace"]  # (T, 2, B): evaluation counts rise; best losses never do
+    assert trace[0, 0].tolist() == [1, 1] and (trace[1:, 0] >= trace[:-1, 0]).all()
+    assert (trace[1:, 1] <= trace[:-1, 1]).all() and trace[-1, 1, 0] == cut["best"][0]

@@ -15,6 +15,11 @@ search is done waits. A trial point without sufficient decrease in any row gets 
 (no backward pass: about half an evaluation saved; the curvature test is only asked of points
 that pass the decrease test). A pair with s·y <= 0 is not stored. The first step of a row has
 no history: its length is 1 / |g|_1, torch's L-BFGS rule, unless ``first_step`` sets it.
+
+With ``min_gain`` a row also stops when it is making too little progress to be worth its
+evaluations: at the end of an iteration, if its best loss is above ``(1 - min_gain)`` times
+its best of ``window`` evaluations before. A target that no value can fit (a paragraph-long
+answer) otherwise spends every one of ``max_evals`` evaluations on the last percent of loss.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ def rowwise_lbfgs(
     history: int = 10,
     first_step: float | None = None,
     expand: float = 2.0,
+    min_gain: float = 0.0,
+    window: int = 20,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Minimize each row's loss from ``x0`` ``(B, ...)``.
 
@@ -48,10 +55,15 @@ def rowwise_lbfgs(
             None: torch's rule, 1 / |g|_1.
         expand: a trial step that satisfies the decrease but still descends steeply is
             followed by one this many times longer (until one is too long; then bisection).
+        min_gain: a row stops once its best loss fell by less than this fraction over its
+            last ``window`` evaluations (0: never; only ``stop_loss`` and ``max_evals``).
+        window: see ``min_gain``.
 
     Returns:
         ``(best_x, stats)``: each row's best point seen, and ``stats`` with per-row tensors
-        ``best`` (its loss), ``start`` (the loss at ``x0``) and ``evals`` (evaluations it used).
+        ``best`` (its loss), ``start`` (the loss at ``x0``), ``evals`` (evaluations it used),
+        ``slow`` (stopped by ``min_gain``), and ``trace``: ``(T, 2, B)``, each row's evaluation
+        count and best loss at the end of each of the T iterations (row 0: at ``x0``).
     """
     shape, n_b = x0.shape, x0.shape[0]
     x = x0.detach().reshape(n_b, -1).clone()
@@ -78,6 +90,8 @@ def rowwise_lbfgs(
     f, gradient = evaluate(x, active)
     g = gradient()
     start, best, best_x = f.clone(), f.clone(), x.clone()
+    trace = [torch.stack([evals.to(best), best.clone()])]
+    slow = torch.zeros(n_b, dtype=torch.bool)
     active &= best >= stop_loss
     while active.any() and int(evals[active].max()) < max_evals:
         size = g.abs().sum(1, keepdim=True) if first_step is None else g.norm(dim=1, keepdim=True) / first_step
@@ -121,8 +135,23 @@ def rowwise_lbfgs(
         x[moved], f[moved], g[moved] = new_x[moved], new_f[moved], new_g[moved]
         better = moved & (f < best)
         best[better], best_x[better] = f[better], x[better]
-        active &= ~stalled & (best >= stop_loss) & (evals < max_evals)
-    return best_x.view(shape), {"best": best, "start": start, "evals": evals}
+        trace.append(torch.stack([evals.to(best), best.clone()]))
+        if min_gain:
+            gained_little = best > (1 - min_gain) * _best_before(trace, window)
+            slow |= active & ~stalled & (best >= stop_loss) & gained_little
+        active &= ~stalled & ~slow & (best >= stop_loss) & (evals < max_evals)
+    stats = {"best": best, "start": start, "evals": evals, "slow": slow,
+             "trace": torch.stack(trace)}
+    return best_x.view(shape), stats
+
+
+def _best_before(trace: list[torch.Tensor], window: int) -> torch.Tensor:
+    """Each row's best loss at its last iteration end at least ``window`` evaluations ago
+    (``inf`` where it has used fewer evaluations than that: no stop yet)."""
+    seen = torch.stack(trace)  # (T, 2, B)
+    count, best = seen[:, 0], seen[:, 1]
+    early = count <= count[-1] - window
+    return torch.where(early, best, torch.full_like(best, float("inf"))).min(0).values
 
 
 def _two_loop(g, s_hist, y_hist, rho) -> torch.Tensor:

@@ -81,6 +81,14 @@ class TrainConfig(EditorConfig):
     lbfgs_history: int = dataclasses.field(
         default=10, metadata={"help": "L-BFGS: curvature pairs kept per edit"}
     )
+    lbfgs_min_gain: float = dataclasses.field(
+        default=0.0,
+        metadata={"help": "L-BFGS: an edit stops once its loss fell by less than this fraction "
+                  "over its last lbfgs_window evaluations (0: never)"},
+    )
+    lbfgs_window: int = dataclasses.field(
+        default=20, metadata={"help": "L-BFGS: evaluations over which lbfgs_min_gain is asked"}
+    )
     value: str = dataclasses.field(default="direct", metadata={"help": "'direct' or 'lora'"})
     lora_rank: int = dataclasses.field(default=4, metadata={"help": "rank of LoRA values"})
     truncate: bool = dataclasses.field(
@@ -137,6 +145,8 @@ class TrainConfig(EditorConfig):
             raise ValueError(f"value_l2 must be >= 0, not {self.value_l2}")
         if self.lbfgs_first <= 0 or self.lbfgs_expand <= 1 or self.lbfgs_history < 1:
             raise ValueError("lbfgs_first must be > 0, lbfgs_expand > 1, lbfgs_history >= 1")
+        if not 0 <= self.lbfgs_min_gain < 1 or self.lbfgs_window < 1:
+            raise ValueError("lbfgs_min_gain must be in [0, 1) and lbfgs_window >= 1")
         if self.lr <= 0 or self.max_steps < 1 or self.patience < 1:
             raise ValueError("lr must be > 0, max_steps and patience >= 1")
 

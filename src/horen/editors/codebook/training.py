@@ -124,10 +124,12 @@ def train_lbfgs(init: torch.Tensor, row_losses, cfg):
     torch's rule, 1 / |g|_1, starts some 1000x shorter on a 576-wide value and spends
     a third of an edit's evaluations doubling its way out (demo facts + 16 synthetic, chat:
     35.3 evaluations per edit against 26.6); ``lbfgs_first`` scales it, ``lbfgs_expand`` is
-    the line search's growth factor."""
+    the line search's growth factor, ``lbfgs_min_gain`` and ``lbfgs_window`` stop a row
+    that gains too little for its evaluations (a target no value fits)."""
     first = cfg.lbfgs_first * cfg.lr * init[0].numel() ** 0.5
     values, st = rowwise_lbfgs(init, row_losses, cfg.max_steps, cfg.stop_loss, first_step=first,
-                               expand=cfg.lbfgs_expand, history=cfg.lbfgs_history)
+                               expand=cfg.lbfgs_expand, history=cfg.lbfgs_history,
+                               min_gain=cfg.lbfgs_min_gain, window=cfg.lbfgs_window)
     return values, row_stats(st["evals"], st["start"], st["best"], cfg.converge_loss)
 
 
