@@ -31,6 +31,7 @@ import torch
 import horen
 from horen.data import load_dataset
 from horen.editors.codebook import training
+from horen.optim import gained_little
 
 
 def traced_edits(model, tok, records, micro_batch: int, chat: bool) -> list[list[tuple]]:
@@ -61,14 +62,12 @@ def traced_edits(model, tok, records, micro_batch: int, chat: bool) -> list[list
 
 
 def replay(trace: list[tuple], gain: float, window: int) -> tuple[int, float]:
-    """(evaluations, kept loss) of one edit under the rule, as ``rowwise_lbfgs`` applies it:
-    at each iteration end, stop if the best loss is above (1 - gain) x the best at the last
-    iteration end at least ``window`` evaluations earlier."""
+    """(evaluations, kept loss) of one edit under the rule: the first iteration end at which
+    :func:`horen.optim.gained_little`, the test ``rowwise_lbfgs`` applies, says stop."""
+    seen = torch.tensor(trace, dtype=torch.float64).unsqueeze(-1)  # (T, 2, 1)
     for t in range(1, len(trace)):
-        count, best = trace[t]
-        before = [b for c, b in trace[:t + 1] if c <= count - window]
-        if before and best > (1 - gain) * min(before):
-            return count, best
+        if gained_little(seen[: t + 1], gain, window)[0]:
+            return trace[t]
     return trace[-1]
 
 

@@ -137,21 +137,22 @@ def rowwise_lbfgs(
         best[better], best_x[better] = f[better], x[better]
         trace.append(torch.stack([evals.to(best), best.clone()]))
         if min_gain:
-            gained_little = best > (1 - min_gain) * _best_before(trace, window)
-            slow |= active & ~stalled & (best >= stop_loss) & gained_little
+            gained = gained_little(torch.stack(trace), min_gain, window)
+            slow |= active & ~stalled & (best >= stop_loss) & gained
         active &= ~stalled & ~slow & (best >= stop_loss) & (evals < max_evals)
     stats = {"best": best, "start": start, "evals": evals, "slow": slow,
              "trace": torch.stack(trace)}
     return best_x.view(shape), stats
 
 
-def _best_before(trace: list[torch.Tensor], window: int) -> torch.Tensor:
-    """Each row's best loss at its last iteration end at least ``window`` evaluations ago
-    (``inf`` where it has used fewer evaluations than that: no stop yet)."""
-    seen = torch.stack(trace)  # (T, 2, B)
-    count, best = seen[:, 0], seen[:, 1]
+def gained_little(trace: torch.Tensor, min_gain: float, window: int) -> torch.Tensor:
+    """``(B,)``: rows whose best loss now (the last of ``trace``, ``(T, 2, B)`` as
+    :func:`rowwise_lbfgs` returns it) is above ``(1 - min_gain)`` times their best at the last
+    iteration end at least ``window`` evaluations before (False while a row has used fewer)."""
+    count, best = trace[:, 0], trace[:, 1]
     early = count <= count[-1] - window
-    return torch.where(early, best, torch.full_like(best, float("inf"))).min(0).values
+    before = torch.where(early, best, torch.full_like(best, float("inf"))).min(0).values
+    return best[-1] > (1 - min_gain) * before
 
 
 def _two_loop(g, s_hist, y_hist, rho) -> torch.Tensor:
