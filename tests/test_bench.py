@@ -78,14 +78,16 @@ def test_sequential_scores_records_1_to_n_at_each_checkpoint(tmp_path, monkeypat
     calls = []
     real = runner._score
 
-    def spy(editor, records, reference, scorers, c):
-        calls.append((len(editor.edits), [r.prompt for r in records]))
-        return real(editor, records, reference, scorers, c)
+    def spy(editor, records, reference, scorers, c, memo=None):
+        calls.append((len(editor.edits), [r.prompt for r in records], scorers))
+        return real(editor, records, reference, scorers, c, memo)
 
     monkeypatch.setattr(runner, "_score", spy)
     result = runner.run_bench(cfg(tmp_path), RECORDS, build("gpt2"))
     assert [c["n"] for c in result["checkpoints"]] == [1, 2, 4, 5]
-    assert calls == [(n, [r.prompt for r in RECORDS[:n]]) for n in (1, 2, 4, 5)]
+    assert result["scorers"] == ["teacher_forced", "generation", "free_generation"]
+    assert calls == [(n, [r.prompt for r in RECORDS[:n]], [s])  # one scorer at a time
+                     for n in (1, 2, 4, 5) for s in ("tf", "gen", "free")]
     assert result["protocol"] == "sequential" and result["complete"]
 
 
@@ -93,9 +95,9 @@ def test_immediate_scores_each_edit_right_after_it(tmp_path, monkeypatch):
     calls, rows = [], {}
     real = runner._score
 
-    def spy(editor, records, reference, scorers, c):
+    def spy(editor, records, reference, scorers, c, memo=None):
         calls.append((len(editor.edits), [r.prompt for r in records]))
-        out = real(editor, records, reference, scorers, c)
+        out = real(editor, records, reference, scorers, c, memo)
         for label, r in out.items():
             rows.setdefault(label, []).extend(r)
         return out
@@ -164,6 +166,36 @@ def test_save_every_resumes_between_checkpoints(tmp_path, monkeypatch, protocol)
     monkeypatch.setattr(runner, "_save_resume", real)
     resumed = runner.run_bench(dataclasses.replace(run, resume=True), RECORDS, build("llama"))
     assert resumed["resumed_at"] == [2] and scores(resumed) == scores(full)
+
+
+def test_a_run_killed_while_scoring_resumes_with_the_scorers_left(tmp_path, monkeypatch):
+    full = runner.run_bench(cfg(tmp_path / "a", checkpoints=[1, 4]), RECORDS, build("llama"))
+    real, calls = runner._score, []
+
+    class Killed(Exception):
+        pass
+
+    def die_at_free_of_4(editor, records, reference, scorers, c, memo=None):
+        if scorers == ["free"] and len(records) == 4:
+            raise Killed
+        return real(editor, records, reference, scorers, c, memo)
+
+    monkeypatch.setattr(runner, "_score", die_at_free_of_4)
+    run = cfg(tmp_path / "b", checkpoints=[1, 4])
+    with pytest.raises(Killed):
+        runner.run_bench(run, RECORDS, build("llama"))
+    side = tmp_path / "b" / full["file"].replace(".json", ".resume")
+    state = json.loads((side / "state.json").read_text())
+    assert state["done"] == 4 and sorted(state["scoring"]) == ["generation", "teacher_forced"]
+
+    def spy(editor, records, reference, scorers, c, memo=None):
+        calls.append((len(editor.edits), len(records), scorers))
+        return real(editor, records, reference, scorers, c, memo)
+
+    monkeypatch.setattr(runner, "_score", spy)
+    resumed = runner.run_bench(dataclasses.replace(run, resume=True), RECORDS, build("llama"))
+    assert calls[0] == (4, 4, ["free"])  # no edit again, only the scorer it died in
+    assert resumed["resumed_at"] == [4] and scores(resumed) == scores(full)
 
 
 def test_state_dir_keeps_the_resume_state_outside_the_results_folder(tmp_path, monkeypatch):

@@ -11,8 +11,10 @@ At every checkpoint the results file is rewritten (``"complete": false`` until t
 beside it in ``<name>.resume/`` (or in ``state_dir``), the editor (``editor.save``) and the
 loop's state are saved (with ``save_every=K`` also every K edits, unscored, so that a long
 run with few checkpoints loses little when killed); ``resume=True`` loads them onto a fresh
-model and continues after the last save, and keeps a finished file, unless its greedy
-answers were cut by an older ``metrics.DECODING_VERSION``: that run starts again.
+model and continues after the last save (a sequential checkpoint's edits are saved before
+they are scored, and each scorer's rows as it ends, so a run killed while scoring resumes
+with the scorers left), and keeps a finished file, unless its greedy answers were cut by an
+older ``metrics.DECODING_VERSION``: that run starts again.
 """
 
 from __future__ import annotations
@@ -101,14 +103,15 @@ def resolve_scorers(cfg: BenchConfig, records: Sequence[EditRecord]) -> list[str
     return ["tf", "gen", *free] + (["probes"] if probes else []) + (["unke"] if long_form else [])
 
 
-def _score(editor, records, reference, scorers, cfg) -> dict[str, list[dict]]:
+def _score(editor, records, reference, scorers, cfg, memo=None) -> dict[str, list[dict]]:
     """Per scorer label, one row of scores per record.
 
-    The greedy answers the generation scorer decodes are kept for the UnKE scorer, which asks
-    the same prompts for at most as many tokens (:class:`horen.metrics.AnswerMemo`).
+    The greedy answers the generation scorer decodes are kept in ``memo`` (a fresh one by
+    default) for the UnKE scorer, which asks the same prompts for at most as many tokens
+    (:class:`horen.metrics.AnswerMemo`).
     """
     out = {}
-    memo = metrics.AnswerMemo()
+    memo = metrics.AnswerMemo() if memo is None else memo
     for short in scorers:
         label = metrics.SCORERS[short]
         if short == "gen":
@@ -232,17 +235,20 @@ PROGRESS_CHUNK = 32  # edits between progress-bar updates, at least (the editor 
 
 def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, side, on_checkpoint):
     """Apply edits ``state["done"]+1 .. N``; score and save at each checkpoint."""
-    result, rows = state["result"], state["rows"]
+    rows = state["rows"]
     bar = tqdm(
         total=len(records),
         initial=state["done"],
         unit="edit",
         dynamic_ncols=True,
-        desc=f"{cfg.method}/{result['dataset']}",
+        desc=f"{cfg.method}/{state['result']['dataset']}",
         disable=not cfg.progress,
     )
     try:
         t = state["done"]
+        if "scoring" in state:  # killed while checkpoint t was scored: its edits are saved
+            _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar,
+                        on_checkpoint)
         while t < len(records):
             # sequential: edits go in micro-batches up to the next checkpoint (same decisions
             # as one at a time, see CodebookEditor.apply_many); immediate: one at a time
@@ -274,37 +280,63 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
                     rows.setdefault(label, []).extend(new)
             save = cfg.save_every > 0 and stop // cfg.save_every > t // cfg.save_every
             t = n = stop
+            state["eval_seconds"] += time.perf_counter() - start
             if n not in checkpoints:
-                state["eval_seconds"] += time.perf_counter() - start
                 if save:  # unscored: --resume continues from here
                     state["done"] = n
                     _save_resume(side, editor, state, path, cfg)
                 continue
-            if cfg.protocol == "sequential":
-                scored = _score(editor, records[:n], reference[:n], scorers, cfg)
-            else:
-                scored = {label: r[:n] for label, r in rows.items()}
-            entry = {"n": n, **{label: metrics.summarize(r, label) for label, r in scored.items()}}
-            state["eval_seconds"] += time.perf_counter() - start
-            entry.update(
-                edit_seconds_total=round(state["edit_seconds"], 4),
-                eval_seconds=round(state["eval_seconds"], 4),
-            )
-            if hasattr(editor, "codebook"):
-                entry["codebook_size"] = len(editor.codebook)
-            if any("converged" in e for e in editor.edits):
-                entry["not_converged"] = sum(e.get("converged") is False for e in editor.edits)
-            entry["peak_rss_mb"] = res.peak_rss_mb()
-            state["eval_seconds"] = 0.0
             state["done"] = n
-            result["checkpoints"].append(entry)
-            _save_resume(side, editor, state, path, cfg)
-            bar.set_postfix(_postfix(entry), refresh=False)
-            bar.write(f"[{cfg.method}] n={n}: " + json.dumps(_postfix(entry)))
-            if on_checkpoint is not None:
-                on_checkpoint(entry, editor)
+            if cfg.protocol == "sequential":  # the edits are saved before they are scored
+                state["scoring"] = {}
+                _save_resume(side, editor, state, path, cfg)
+            _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar,
+                        on_checkpoint)
     finally:
         bar.close()
+
+
+def _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar, on_checkpoint):
+    """Score checkpoint ``n = state["done"]``, append its entry and save.
+
+    Under ``sequential`` the model f_n is scored on records 1..n one scorer at a time, and
+    each scorer's rows are saved in ``state["scoring"]`` as it ends: a run killed while
+    scoring resumes with the scorers left (on the same saved editor, so the numbers are
+    those of an unbroken run). Under ``immediate`` the rows were scored edit by edit."""
+    n = state["done"]
+    if cfg.protocol == "sequential":
+        scored, memo = state["scoring"], metrics.AnswerMemo()
+        for short in scorers:
+            if metrics.SCORERS[short] in scored:
+                continue
+            start = time.perf_counter()
+            scored.update(_score(editor, records[:n], reference[:n], [short], cfg, memo))
+            state["eval_seconds"] += time.perf_counter() - start
+            _save_state(side, state, path, cfg)
+        scored = {metrics.SCORERS[short]: scored[metrics.SCORERS[short]] for short in scorers}
+        del state["scoring"]
+    else:
+        scored = {label: r[:n] for label, r in state["rows"].items()}
+    entry = {"n": n, **{label: metrics.summarize(r, label) for label, r in scored.items()}}
+    entry.update(
+        edit_seconds_total=round(state["edit_seconds"], 4),
+        eval_seconds=round(state["eval_seconds"], 4),
+    )
+    if hasattr(editor, "codebook"):
+        entry["codebook_size"] = len(editor.codebook)
+    if any("converged" in e for e in editor.edits):
+        entry["not_converged"] = sum(e.get("converged") is False for e in editor.edits)
+    entry["peak_rss_mb"] = res.peak_rss_mb()
+    state["eval_seconds"] = 0.0
+    state["result"]["checkpoints"].append(entry)
+    if cfg.protocol == "sequential":
+        _save_state(side, state, path, cfg)  # the editor was saved before it was scored
+    else:
+        _save_resume(side, editor, state, path, cfg)
+    bar.set_postfix(_postfix(entry), refresh=False)
+    bar.write(f"[{cfg.method}] n={n}: " + json.dumps(_postfix(entry)))
+    if on_checkpoint is not None:
+        on_checkpoint(entry, editor)
 
 
 def _postfix(entry: dict) -> dict:
@@ -330,8 +362,13 @@ def resume_dir(cfg: BenchConfig, path: Path) -> Path:
 
 
 def _save_resume(side: Path, editor, state: dict, path: Path, cfg: BenchConfig) -> None:
-    """The editor, the loop's state and the partial results file, after a checkpoint."""
+    """The editor, the loop's state and the partial results file."""
     editor.save(side / "editor")
+    _save_state(side, state, path, cfg)
+
+
+def _save_state(side: Path, state: dict, path: Path, cfg: BenchConfig) -> None:
+    """The loop's state and the partial results file (the editor unchanged since saved)."""
     res.write_json(side / "state.json", {**state, "config": dataclasses.asdict(cfg)})
     res.write_json(path, state["result"])
 
