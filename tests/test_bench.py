@@ -198,6 +198,32 @@ def test_a_run_killed_while_scoring_resumes_with_the_scorers_left(tmp_path, monk
     assert resumed["resumed_at"] == [4] and scores(resumed) == scores(full)
 
 
+@pytest.mark.parametrize("protocol", ["sequential", "immediate"])
+def test_a_checkpoint_saved_but_not_summarised_is_summarised_on_resume(
+    tmp_path, monkeypatch, protocol
+):
+    full = runner.run_bench(cfg(tmp_path / "a", protocol=protocol, checkpoints=[1, 4]), RECORDS,
+                            build("llama"))
+    real = runner._save_resume
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(side, editor, state, path, c):
+        real(side, editor, state, path, c)
+        if state["done"] == 4 and "scoring" in state:  # checkpoint 4 pending
+            raise Killed
+
+    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    run = cfg(tmp_path / "b", protocol=protocol, checkpoints=[1, 4])
+    with pytest.raises(Killed):
+        runner.run_bench(run, RECORDS, build("llama"))
+    monkeypatch.setattr(runner, "_save_resume", real)
+    resumed = runner.run_bench(dataclasses.replace(run, resume=True), RECORDS, build("llama"))
+    assert [c["n"] for c in resumed["checkpoints"]] == [1, 4, 5]  # and the last record
+    assert resumed["resumed_at"] == [4] and scores(resumed) == scores(full)
+
+
 def test_state_dir_keeps_the_resume_state_outside_the_results_folder(tmp_path, monkeypatch):
     full = runner.run_bench(cfg(tmp_path / "a", checkpoints=[1, 4]), RECORDS, build("llama"))
     real = runner._save_resume

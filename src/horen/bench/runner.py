@@ -11,9 +11,9 @@ At every checkpoint the results file is rewritten (``"complete": false`` until t
 beside it in ``<name>.resume/`` (or in ``state_dir``), the editor (``editor.save``) and the
 loop's state are saved (with ``save_every=K`` also every K edits, unscored, so that a long
 run with few checkpoints loses little when killed); ``resume=True`` loads them onto a fresh
-model and continues after the last save (a sequential checkpoint's edits are saved before
-they are scored, and each scorer's rows as it ends, so a run killed while scoring resumes
-with the scorers left), and keeps a finished file, unless its greedy answers were cut by an
+model and continues after the last save (a checkpoint's edits are saved before it is
+scored, and under ``sequential`` each scorer's rows as it ends, so a run killed while
+scoring resumes with the scorers left), and keeps a finished file, unless its greedy answers were cut by an
 older ``metrics.DECODING_VERSION``: that run starts again.
 """
 
@@ -287,9 +287,8 @@ def _loop(cfg, editor, records, reference, scorers, checkpoints, state, path, si
                     _save_resume(side, editor, state, path, cfg)
                 continue
             state["done"] = n
-            if cfg.protocol == "sequential":  # the edits are saved before they are scored
-                state["scoring"] = {}
-                _save_resume(side, editor, state, path, cfg)
+            state["scoring"] = {}  # checkpoint n is pending: its edits are saved first
+            _save_resume(side, editor, state, path, cfg)
             _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar,
                         on_checkpoint)
     finally:
@@ -314,9 +313,9 @@ def _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar
             state["eval_seconds"] += time.perf_counter() - start
             _save_state(side, state, path, cfg)
         scored = {metrics.SCORERS[short]: scored[metrics.SCORERS[short]] for short in scorers}
-        del state["scoring"]
     else:
         scored = {label: r[:n] for label, r in state["rows"].items()}
+    del state["scoring"]
     entry = {"n": n, **{label: metrics.summarize(r, label) for label, r in scored.items()}}
     entry.update(
         edit_seconds_total=round(state["edit_seconds"], 4),
@@ -329,10 +328,7 @@ def _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar
     entry["peak_rss_mb"] = res.peak_rss_mb()
     state["eval_seconds"] = 0.0
     state["result"]["checkpoints"].append(entry)
-    if cfg.protocol == "sequential":
-        _save_state(side, state, path, cfg)  # the editor was saved before it was scored
-    else:
-        _save_resume(side, editor, state, path, cfg)
+    _save_state(side, state, path, cfg)  # the editor was saved before it was scored
     bar.set_postfix(_postfix(entry), refresh=False)
     bar.write(f"[{cfg.method}] n={n}: " + json.dumps(_postfix(entry)))
     if on_checkpoint is not None:
