@@ -13,8 +13,8 @@ loop's state are saved (with ``save_every=K`` also every K edits, unscored, so t
 run with few checkpoints loses little when killed); ``resume=True`` loads them onto a fresh
 model and continues after the last save (a checkpoint's edits are saved before it is
 scored, and under ``sequential`` each scorer's rows as it ends, so a run killed while
-scoring resumes with the scorers left), and keeps a finished file, unless its greedy answers were cut by an
-older ``metrics.DECODING_VERSION``: that run starts again.
+scoring resumes with the scorers left), and keeps a finished file, unless its greedy
+answers were cut by an older ``metrics.DECODING_VERSION``: that run starts again.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ def _checkpoint(cfg, editor, records, reference, scorers, state, path, side, bar
     entry["peak_rss_mb"] = res.peak_rss_mb()
     state["eval_seconds"] = 0.0
     state["result"]["checkpoints"].append(entry)
-    _save_state(side, state, path, cfg)  # the editor was saved before it was scored
+    _save_state(side, state, path, cfg)  # the editor was saved as the checkpoint began
     bar.set_postfix(_postfix(entry), refresh=False)
     bar.write(f"[{cfg.method}] n={n}: " + json.dumps(_postfix(entry)))
     if on_checkpoint is not None:
