@@ -110,12 +110,27 @@ def test_immediate_scores_each_edit_right_after_it(tmp_path, monkeypatch):
             assert entry[label] == bench.runner.metrics.summarize(rows[label][: entry["n"]], label)
 
 
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def die_after_save(monkeypatch, when):
+    """Make the runner's resume save raise :class:`Killed` right after saving, on the first
+    save for which ``when(state, editor)`` is true; returns the real save, to put back."""
+    real = runner._save_resume
+
+    def save_then_die(side, editor, state, path, c):
+        real(side, editor, state, path, c)
+        if when(state, editor):
+            raise Killed
+
+    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    return real
+
+
 @pytest.mark.parametrize("protocol", ["sequential", "immediate"])
 def test_resume_equals_uninterrupted(tmp_path, protocol):
     full = runner.run_bench(cfg(tmp_path / "a", protocol=protocol), RECORDS, build("llama"))
-
-    class Killed(Exception):
-        pass
 
     def kill(entry, editor):
         if entry["n"] == 2:
@@ -145,18 +160,13 @@ def test_resume_equals_uninterrupted(tmp_path, protocol):
 def test_save_every_resumes_between_checkpoints(tmp_path, monkeypatch, protocol):
     full = runner.run_bench(cfg(tmp_path / "a", protocol=protocol, checkpoints=[1, 4]), RECORDS,
                             build("llama"))
-    real, saved = runner._save_resume, []
+    saved = []
 
-    class Killed(Exception):
-        pass
-
-    def save_then_die(side, editor, state, path, c):
-        real(side, editor, state, path, c)
+    def at_2(state, editor):
         saved.append((state["done"], len(editor.edits)))
-        if state["done"] == 2:
-            raise Killed
+        return state["done"] == 2
 
-    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    real = die_after_save(monkeypatch, at_2)
     run = cfg(tmp_path / "b", protocol=protocol, checkpoints=[1, 4], save_every=2)
     with pytest.raises(Killed):
         runner.run_bench(run, RECORDS, build("llama"))
@@ -171,9 +181,6 @@ def test_save_every_resumes_between_checkpoints(tmp_path, monkeypatch, protocol)
 def test_a_run_killed_while_scoring_resumes_with_the_scorers_left(tmp_path, monkeypatch):
     full = runner.run_bench(cfg(tmp_path / "a", checkpoints=[1, 4]), RECORDS, build("llama"))
     real, calls = runner._score, []
-
-    class Killed(Exception):
-        pass
 
     def die_at_free_of_4(editor, records, reference, scorers, c, memo=None):
         if scorers == ["free"] and len(records) == 4:
@@ -204,17 +211,8 @@ def test_a_checkpoint_saved_but_not_summarised_is_summarised_on_resume(
 ):
     full = runner.run_bench(cfg(tmp_path / "a", protocol=protocol, checkpoints=[1, 4]), RECORDS,
                             build("llama"))
-    real = runner._save_resume
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(side, editor, state, path, c):
-        real(side, editor, state, path, c)
-        if state["done"] == 4 and "scoring" in state:  # checkpoint 4 pending
-            raise Killed
-
-    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    # killed once checkpoint 4's edits are saved, before its entry
+    real = die_after_save(monkeypatch, lambda state, _: state["done"] == 4 and "scoring" in state)
     run = cfg(tmp_path / "b", protocol=protocol, checkpoints=[1, 4])
     with pytest.raises(Killed):
         runner.run_bench(run, RECORDS, build("llama"))
@@ -226,17 +224,7 @@ def test_a_checkpoint_saved_but_not_summarised_is_summarised_on_resume(
 
 def test_state_dir_keeps_the_resume_state_outside_the_results_folder(tmp_path, monkeypatch):
     full = runner.run_bench(cfg(tmp_path / "a", checkpoints=[1, 4]), RECORDS, build("llama"))
-    real = runner._save_resume
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(side, editor, state, path, c):
-        real(side, editor, state, path, c)
-        if state["done"] == 2:
-            raise Killed
-
-    monkeypatch.setattr(runner, "_save_resume", save_then_die)
+    real = die_after_save(monkeypatch, lambda state, _: state["done"] == 2)
     state_dir = tmp_path / "cache" / "resume"
     run = cfg(tmp_path / "b", checkpoints=[1, 4], save_every=2, state_dir=str(state_dir))
     with pytest.raises(Killed):
