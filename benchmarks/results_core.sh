@@ -102,7 +102,7 @@ if step wikibigedit; then
   for m in horen grace-norm; do bench --method $m --dataset wikibigedit --n 1000; done
   bench --method grace --dataset wikibigedit --n 1000 --checkpoints 1,10,100,500,1000
 fi
-if step unke; then  # long answers, ~4 min to score 100
+if step unke; then  # long answers, ~6 min to score 100
   # a passage no single value fits never reaches stop_loss: L-BFGS stops on a plateau instead
   # (results/convergence/lbfgs_stop.json), else each HoReN edit spends all max_steps (~40 s)
   bench --method horen --dataset unke --n 100 --set lbfgs_min_gain=0.01
